@@ -1,0 +1,732 @@
+//! Semantic checks on a parsed [`Config`], each error at the offending item.
+//!
+//! Settings that carry no source location (`workers`, `access_log`, `request_id`,
+//! `limits`, and an empty `listeners`) are reported at `0:0`, with the setting's
+//! path in the message. Router-level checks (regexes, duplicate matchers, path
+//! templates) are done when the router is built, not here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use http::{HeaderName, HeaderValue};
+use serde_saphyr::Spanned;
+
+use super::load::ConfigError;
+use super::schema::{
+    BalanceConfig, Config, EndpointConfig, HashKey, HostHeader, RouteConfig, UpstreamConfig,
+};
+
+/// Most worker runtimes accepted.
+const MAX_WORKERS: usize = 1024;
+/// Endpoint weight range.
+const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=1000;
+
+/// Collects all semantic errors in `cfg`, sorted by position.
+pub fn validate(cfg: &Config, file: &str) -> Vec<ConfigError> {
+    let mut v = Validator {
+        file,
+        errors: Vec::new(),
+    };
+    v.globals(cfg);
+    v.listeners(cfg);
+    for (name, up) in &cfg.upstreams {
+        v.upstream(name, up);
+    }
+    v.routes(cfg);
+    let mut errors = v.errors;
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors
+}
+
+/// Error sink for one file.
+struct Validator<'a> {
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    /// An error at a spanned item.
+    fn at<T>(&mut self, item: &Spanned<T>, message: String) {
+        self.errors
+            .push(ConfigError::at(self.file, &item.referenced, message));
+    }
+
+    /// An error with no position.
+    fn nowhere(&mut self, message: String) {
+        self.errors.push(ConfigError::new(self.file, 0, 0, message));
+    }
+
+    fn globals(&mut self, cfg: &Config) {
+        if let Some(w) = cfg.workers
+            && !(1..=MAX_WORKERS).contains(&w)
+        {
+            self.nowhere(format!(
+                "`workers` must be between 1 and {MAX_WORKERS}, got {w}"
+            ));
+        }
+        if cfg.access_log.buffer == 0 {
+            self.nowhere("`access_log.buffer` must be greater than 0".into());
+        }
+        if cfg.access_log.target.trim().is_empty() {
+            self.nowhere(
+                "`access_log.target` must be `stdout`, `stderr` or a file path, not empty".into(),
+            );
+        }
+        if let Err(e) = HeaderName::from_bytes(cfg.request_id.header.as_bytes()) {
+            self.nowhere(format!(
+                "`request_id.header` `{}` is not a valid header name: {e}",
+                cfg.request_id.header
+            ));
+        }
+        for proxy in &cfg.forwarding.trusted_proxies {
+            let s = proxy.value.trim();
+            if s.parse::<ipnet::IpNet>().is_err() && s.parse::<IpAddr>().is_err() {
+                self.at(
+                    proxy,
+                    format!(
+                        "trusted proxy `{}` is neither a CIDR (`10.0.0.0/8`) nor an IP address",
+                        proxy.value
+                    ),
+                );
+            }
+        }
+        let limits = &cfg.limits;
+        if limits.max_uri_length.0 == 0 {
+            self.nowhere("`limits.max_uri_length` must be greater than 0".into());
+        }
+        if limits.max_header_bytes.0 == 0 {
+            self.nowhere("`limits.max_header_bytes` must be greater than 0".into());
+        }
+        if limits.max_headers == 0 {
+            self.nowhere("`limits.max_headers` must be greater than 0".into());
+        }
+        if limits.header_read_timeout.0.is_zero() {
+            self.nowhere("`limits.header_read_timeout` must be greater than 0".into());
+        }
+    }
+
+    fn listeners(&mut self, cfg: &Config) {
+        if cfg.listeners.is_empty() {
+            self.nowhere("no listeners: define at least one under `listeners`".into());
+        }
+        let mut names: HashMap<&str, u64> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, &str> = HashMap::new();
+        for l in &cfg.listeners {
+            let name = l.name.value.as_str();
+            if name.is_empty() {
+                self.at(&l.name, "listener name must not be empty".into());
+            } else if let Some(line) = names.get(name) {
+                self.at(
+                    &l.name,
+                    format!("duplicate listener name `{name}` (first defined on line {line})"),
+                );
+            } else {
+                names.insert(name, l.name.referenced.line());
+            }
+            match l.address.value.parse::<SocketAddr>() {
+                Err(_) => self.at(
+                    &l.address,
+                    format!(
+                        "listener `{name}`: address `{}` must be `ip:port` \
+                         (e.g. `0.0.0.0:8080` or `[::]:8080`)",
+                        l.address.value
+                    ),
+                ),
+                Ok(addr) => {
+                    if let Some(other) = addrs.get(&addr) {
+                        self.at(
+                            &l.address,
+                            format!(
+                                "listener `{name}`: address `{addr}` is already used by \
+                                 listener `{other}`"
+                            ),
+                        );
+                    } else {
+                        addrs.insert(addr, name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn upstream(&mut self, name: &str, up: &Spanned<UpstreamConfig>) {
+        let u = &up.value;
+        if u.endpoints.is_empty() {
+            self.at(
+                up,
+                format!("upstream `{name}` has no endpoints: give at least one `host:port`"),
+            );
+        }
+        for ep in &u.endpoints {
+            let addr = ep.value.address();
+            if let Err(why) = check_host_port(addr) {
+                self.at(
+                    ep,
+                    format!("upstream `{name}`: endpoint `{addr}` is not `host:port`: {why}"),
+                );
+            }
+            if let EndpointConfig::Weighted(w) = &ep.value
+                && !WEIGHTS.contains(&w.weight)
+            {
+                self.at(
+                    ep,
+                    format!(
+                        "upstream `{name}`: endpoint `{addr}` has weight {}; it must be \
+                         between {} and {}",
+                        w.weight,
+                        WEIGHTS.start(),
+                        WEIGHTS.end()
+                    ),
+                );
+            }
+        }
+        if u.timeouts.connect.0.is_zero() {
+            self.at(
+                up,
+                format!("upstream `{name}`: `timeouts.connect` must be greater than 0"),
+            );
+        }
+        if u.timeouts.request.0.is_zero() {
+            self.at(
+                up,
+                format!("upstream `{name}`: `timeouts.request` must be greater than 0"),
+            );
+        }
+        if let BalanceConfig::ConsistentHash(HashKey::Header(h)) = &u.balance
+            && HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            self.at(
+                up,
+                format!("upstream `{name}`: hash header `{h}` is not a valid header name"),
+            );
+        }
+        if let HostHeader::Fixed(h) = &u.host
+            && HeaderValue::from_str(h).is_err()
+        {
+            self.at(
+                up,
+                format!("upstream `{name}`: host `{h}` is not a valid header value"),
+            );
+        }
+    }
+
+    fn routes(&mut self, cfg: &Config) {
+        let listener_names: Vec<&str> = cfg
+            .listeners
+            .iter()
+            .map(|l| l.name.value.as_str())
+            .collect();
+        let mut seen: HashMap<&str, u64> = HashMap::new();
+        for route in &cfg.routes {
+            let name = route.value.name.value.as_str();
+            if name.is_empty() {
+                self.at(&route.value.name, "route name must not be empty".into());
+            } else if let Some(line) = seen.get(name) {
+                self.at(
+                    &route.value.name,
+                    format!("duplicate route name `{name}` (first defined on line {line})"),
+                );
+            } else {
+                seen.insert(name, route.value.name.referenced.line());
+            }
+            self.route(route, &listener_names, &cfg.upstreams);
+        }
+    }
+
+    fn route(
+        &mut self,
+        route: &Spanned<RouteConfig>,
+        listeners: &[&str],
+        upstreams: &BTreeMap<String, Spanned<UpstreamConfig>>,
+    ) {
+        let r = &route.value;
+        let name = r.name.value.as_str();
+        for l in &r.listeners {
+            if !listeners.contains(&l.value.as_str()) {
+                self.at(
+                    l,
+                    format!(
+                        "route `{name}` names listener `{}`, which is not defined; defined: {}",
+                        l.value,
+                        list(listeners.iter().copied())
+                    ),
+                );
+            }
+        }
+
+        let actions = [
+            r.upstream.is_some(),
+            r.redirect.is_some(),
+            r.respond.is_some(),
+        ];
+        if actions.iter().filter(|a| **a).count() != 1 {
+            self.at(
+                route,
+                format!("route `{name}` needs exactly one of upstream, redirect, respond"),
+            );
+        }
+
+        if let Some(up) = &r.upstream
+            && !upstreams.contains_key(&up.value)
+        {
+            self.at(
+                up,
+                format!(
+                    "route `{name}` names upstream `{}`, which is not defined; defined: {}",
+                    up.value,
+                    list(upstreams.keys().map(String::as_str))
+                ),
+            );
+        }
+
+        if let Some(redirect) = &r.redirect
+            && !matches!(redirect.status, 301 | 302 | 303 | 307 | 308)
+        {
+            self.at(
+                route,
+                format!(
+                    "route `{name}`: redirect status {} must be 301, 302, 303, 307 or 308",
+                    redirect.status
+                ),
+            );
+        }
+
+        if let Some(respond) = &r.respond {
+            if !(100..=599).contains(&respond.status) {
+                self.at(
+                    route,
+                    format!(
+                        "route `{name}`: respond status {} must be between 100 and 599",
+                        respond.status
+                    ),
+                );
+            }
+            for (k, val) in &respond.headers {
+                if HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    self.at(
+                        route,
+                        format!("route `{name}`: respond header name `{k}` is not valid"),
+                    );
+                }
+                if HeaderValue::from_str(val).is_err() {
+                    self.at(
+                        route,
+                        format!(
+                            "route `{name}`: respond header `{k}` has an invalid value `{}`",
+                            val.escape_debug()
+                        ),
+                    );
+                }
+            }
+        }
+
+        if let Some(rw) = &r.rewrite {
+            if r.upstream.is_none() {
+                self.at(
+                    route,
+                    format!("route `{name}`: `rewrite` is only allowed with `upstream`"),
+                );
+            }
+            if rw.strip_prefix.is_some() && rw.path.is_some() {
+                self.at(
+                    route,
+                    format!(
+                        "route `{name}`: `rewrite.strip_prefix` and `rewrite.path` cannot both be set"
+                    ),
+                );
+            }
+            if let Some(h) = &rw.host
+                && HeaderValue::from_str(h).is_err()
+            {
+                self.at(
+                    route,
+                    format!(
+                        "route `{name}`: `rewrite.host` `{}` is not a valid header value",
+                        h.escape_debug()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// `a, b, c` (sorted, deduplicated), or `(none)`.
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        "(none)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Checks `host:port`: host a DNS name, an IPv4 address or a bracketed IPv6 address;
+/// port 1..=65535. Returns why not.
+fn check_host_port(s: &str) -> Result<(), String> {
+    if s.contains("://") {
+        return Err("give no scheme, only `host:port`".into());
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "missing `]` after the IPv6 address".to_owned())?;
+        ip.parse::<Ipv6Addr>()
+            .map_err(|_| format!("`{ip}` is not an IPv6 address"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| "missing `:port` after `]`".to_owned())?;
+        (None, port)
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| "missing `:port`".to_owned())?;
+        if host.contains(':') {
+            return Err("write an IPv6 address in brackets, as `[::1]:80`".into());
+        }
+        (Some(host), port)
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("port `{port}` must be a number from 1 to 65535")),
+    }
+    if let Some(host) = host {
+        check_host(host)?;
+    }
+    Ok(())
+}
+
+/// A DNS name or an IPv4 address.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return host
+            .parse::<Ipv4Addr>()
+            .map(drop)
+            .map_err(|_| format!("`{host}` is not an IPv4 address"));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let valid = name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a valid host name"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::load::load_str_with;
+
+    /// A valid base config; line numbers below refer to it.
+    const BASE: &str = "\
+listeners:
+  - name: main
+    address: 127.0.0.1:8080
+upstreams:
+  api:
+    endpoints: [10.0.0.1:80]
+routes:
+  - name: r
+    upstream: api
+";
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match load_str_with(text, "t.yaml", |_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    }
+
+    /// Asserts exactly one error, on `line`, whose message contains `needle`.
+    fn one(text: &str, line: u64, needle: &str) -> ConfigError {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        let e = errs.into_iter().next().unwrap();
+        assert_eq!(e.line, line, "{e}");
+        assert!(e.message.contains(needle), "{e}");
+        e
+    }
+
+    #[test]
+    fn base_is_valid() {
+        assert!(errors(BASE).is_empty(), "{:?}", errors(BASE));
+    }
+
+    #[test]
+    fn no_listeners() {
+        one("routes: []\n", 0, "no listeners");
+        one("listeners: []\n", 0, "no listeners");
+    }
+
+    #[test]
+    fn duplicate_listener_names_and_addresses() {
+        let text = BASE.replace(
+            "upstreams:",
+            "  - name: main\n    address: 127.0.0.1:8081\n  - name: other\n    address: 127.0.0.1:8080\nupstreams:",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(errs[0].line, 4);
+        assert!(errs[0].message.contains("duplicate listener name `main`"));
+        assert!(errs[0].message.contains("line 2"));
+        assert_eq!(errs[1].line, 7);
+        assert!(
+            errs[1].message.contains("already used by listener `main`"),
+            "{}",
+            errs[1]
+        );
+    }
+
+    #[test]
+    fn listener_address_must_be_socket_addr() {
+        let e = one(
+            &BASE.replace("127.0.0.1:8080", "localhost:8080"),
+            3,
+            "must be `ip:port`",
+        );
+        assert_eq!(e.column, 14);
+        one(&BASE.replace("127.0.0.1:8080", "127.0.0.1"), 3, "`ip:port`");
+        assert!(errors(&BASE.replace("127.0.0.1:8080", "\"[::1]:0\"")).is_empty());
+    }
+
+    #[test]
+    fn upstream_needs_endpoints() {
+        one(&BASE.replace("[10.0.0.1:80]", "[]"), 6, "has no endpoints");
+    }
+
+    #[test]
+    fn endpoint_addresses() {
+        let ok = [
+            "api.internal:80",
+            "10.0.0.1:65535",
+            "\"[::1]:80\"",
+            "a_b.c-d.:8080",
+        ];
+        for a in ok {
+            let text = BASE.replace("[10.0.0.1:80]", &format!("[{a}]"));
+            assert!(errors(&text).is_empty(), "{a}: {:?}", errors(&text));
+        }
+        let bad = [
+            ("10.0.0.1", "missing `:port`"),
+            ("10.0.0.1:0", "port `0`"),
+            ("10.0.0.1:70000", "port `70000`"),
+            ("host:http", "port `http`"),
+            ("10.0.0.256:80", "not an IPv4"),
+            ("-bad.host:80", "not a valid host name"),
+            ("\"::1:80\"", "in brackets"),
+            ("\"[::1]\"", "missing `:port`"),
+            ("\"[zz]:80\"", "not an IPv6"),
+            ("\"http://a:80\"", "no scheme"),
+            ("\":80\"", "host is empty"),
+        ];
+        for (a, needle) in bad {
+            let text = BASE.replace("[10.0.0.1:80]", &format!("\n      - x\n      - {a}"));
+            let text = text.replace("- x\n", "- ok:1\n");
+            one(&text, 8, needle);
+        }
+    }
+
+    #[test]
+    fn endpoint_weight() {
+        let text = BASE.replace(
+            "[10.0.0.1:80]",
+            "\n      - { address: a:1, weight: 0 }\n      - { address: b:1, weight: 1000 }\n      - { address: c:1, weight: 1001 }",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(errs[0].line, 7);
+        assert!(errs[0].message.contains("weight 0"));
+        assert_eq!(errs[1].line, 9);
+        assert!(errs[1].message.contains("weight 1001"));
+    }
+
+    #[test]
+    fn upstream_timeouts_and_pool() {
+        let text = BASE.replace(
+            "[10.0.0.1:80]",
+            "[10.0.0.1:80]\n    timeouts: { connect: 0s, request: 0ms }\n    pool: { max_idle: 0 }",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs.iter().all(|e| e.line == 6), "{errs:#?}");
+        assert!(errs[0].message.contains("timeouts.connect"));
+        assert!(errs[1].message.contains("timeouts.request"));
+    }
+
+    #[test]
+    fn upstream_hash_header_and_fixed_host() {
+        let text = BASE.replace(
+            "[10.0.0.1:80]",
+            "[10.0.0.1:80]\n    balance: { consistent_hash: { header: \"bad header\" } }\n    host: { fixed: \"a\\nb\" }",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].message.contains("hash header"));
+        assert!(errs[1].message.contains("not a valid header value"));
+    }
+
+    #[test]
+    fn duplicate_route_names() {
+        let text = format!("{BASE}  - name: r\n    upstream: api\n");
+        let e = one(&text, 10, "duplicate route name `r`");
+        assert_eq!(e.column, 11);
+    }
+
+    #[test]
+    fn route_listeners_must_exist() {
+        let text = BASE.replace(
+            "    upstream: api",
+            "    listeners: [main, nope]\n    upstream: api",
+        );
+        one(
+            &text,
+            9,
+            "route `r` names listener `nope`, which is not defined; defined: main",
+        );
+    }
+
+    #[test]
+    fn route_needs_exactly_one_action() {
+        let none = BASE.replace("    upstream: api\n", "    match: { path: /x }\n");
+        one(
+            &none,
+            8,
+            "route `r` needs exactly one of upstream, redirect, respond",
+        );
+        let two = BASE.replace("    upstream: api", "    upstream: api\n    respond: {}");
+        one(&two, 8, "needs exactly one of");
+    }
+
+    #[test]
+    fn route_upstream_must_exist() {
+        let text = BASE.replace("    upstream: api", "    upstream: apj");
+        let e = one(&text, 9, "");
+        assert_eq!(
+            e.message,
+            "route `r` names upstream `apj`, which is not defined; defined: api"
+        );
+        assert_eq!(e.column, 15);
+    }
+
+    #[test]
+    fn redirect_status() {
+        let text = BASE.replace(
+            "    upstream: api",
+            "    redirect: { location: /y, status: 300 }",
+        );
+        one(&text, 8, "redirect status 300");
+        let text = BASE.replace(
+            "    upstream: api",
+            "    redirect: { location: /y, status: 308 }",
+        );
+        assert!(errors(&text).is_empty());
+    }
+
+    #[test]
+    fn respond_status_and_headers() {
+        let text = BASE.replace("    upstream: api", "    respond: { status: 600 }");
+        one(&text, 8, "respond status 600");
+        let text = BASE.replace("    upstream: api", "    respond: { status: 99 }");
+        one(&text, 8, "respond status 99");
+        let text = BASE.replace(
+            "    upstream: api",
+            "    respond: { headers: { \"bad name\": x, ok: \"a\\u0001b\" } }",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].message.contains("header name `bad name`"));
+        assert!(errs[1].message.contains("header `ok` has an invalid value"));
+        assert!(errs.iter().all(|e| e.line == 8));
+    }
+
+    #[test]
+    fn rewrite_rules() {
+        let text = BASE.replace(
+            "    upstream: api",
+            "    respond: {}\n    rewrite: { host: x }",
+        );
+        one(&text, 8, "only allowed with `upstream`");
+        let text = BASE.replace(
+            "    upstream: api",
+            "    upstream: api\n    rewrite: { strip_prefix: /a, path: /b }",
+        );
+        one(&text, 8, "cannot both be set");
+        let text = BASE.replace(
+            "    upstream: api",
+            "    upstream: api\n    rewrite: { host: \"a\\nb\" }",
+        );
+        one(&text, 8, "`rewrite.host`");
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        let text = format!(
+            "forwarding:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - \"::1\"\n    - 10.0.0.0/33\n    - proxy.local\n{BASE}"
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!((errs[0].line, errs[0].column), (5, 7));
+        assert!(errs[0].message.contains("`10.0.0.0/33`"));
+        assert_eq!(errs[1].line, 6);
+    }
+
+    #[test]
+    fn global_settings() {
+        let text = format!(
+            "workers: 0\naccess_log: {{ buffer: 0 }}\nrequest_id: {{ header: \"x id\" }}\nlimits: {{ max_uri_length: 0, max_header_bytes: 0, max_headers: 0, header_read_timeout: 0s }}\n{BASE}"
+        );
+        let errs = errors(&text);
+        let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(errs.len(), 7, "{msgs:#?}");
+        for needle in [
+            "`workers`",
+            "`access_log.buffer`",
+            "`request_id.header`",
+            "`limits.max_uri_length`",
+            "`limits.max_header_bytes`",
+            "`limits.max_headers`",
+            "`limits.header_read_timeout`",
+        ] {
+            assert!(
+                msgs.iter().any(|m| m.contains(needle)),
+                "{needle}: {msgs:#?}"
+            );
+        }
+        let text = format!("workers: 1025\n{BASE}");
+        one(&text, 0, "between 1 and 1024, got 1025");
+        let text = format!("workers: 1024\n{BASE}");
+        assert!(errors(&text).is_empty());
+    }
+
+    #[test]
+    fn all_errors_are_collected_in_order() {
+        let text = "\
+listeners:
+  - name: a
+    address: nope
+routes:
+  - name: r1
+    upstream: missing
+  - name: r2
+";
+        let errs = errors(text);
+        let lines: Vec<u64> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 6, 7], "{errs:#?}");
+        assert!(errs[1].message.ends_with("defined: (none)"));
+    }
+}

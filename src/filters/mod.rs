@@ -1,0 +1,63 @@
+//! Request filters: one file per kind, compiled once per route, dispatched
+//! through one enum. **The order of phases is fixed here**: a route's filters
+//! are sorted by [`Phase`] when the snapshot is compiled, and run in that order.
+
+pub mod rewrite;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::pipeline::RequestCtx;
+use crate::proxy::body::ResponseBody;
+
+/// The phases of the request path, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// IP rules, CORS preflight.
+    Access,
+    /// Authentication: who is calling.
+    Identify,
+    /// Authorization: may they.
+    Authorize,
+    /// Rate limits.
+    Limit,
+    /// Header, path and body changes.
+    Transform,
+    /// Cache lookup (a hit answers here).
+    Cache,
+}
+
+/// What a filter decided.
+pub enum Flow {
+    /// Go on to the next filter, then the handler.
+    Continue,
+    /// Answer now with this response (it is still logged).
+    Respond(Response<ResponseBody>),
+}
+
+/// A compiled filter.
+pub enum Filter {
+    /// Path and Host rewrite before forwarding.
+    Rewrite(rewrite::Rewrite),
+}
+
+impl Filter {
+    /// The phase this filter runs in.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Self::Rewrite(_) => Phase::Transform,
+        }
+    }
+
+    /// Runs the filter on a request.
+    pub fn on_request(&self, req: &mut Request<Incoming>, ctx: &mut RequestCtx) -> Flow {
+        match self {
+            Self::Rewrite(f) => f.apply(req, ctx),
+        }
+    }
+}
+
+/// Sorts a route's filters into phase order (stable: config order within a phase).
+pub fn order(filters: &mut [Filter]) {
+    filters.sort_by_key(Filter::phase);
+}

@@ -1,0 +1,15 @@
+//! Portico: an API gateway and reverse proxy.
+//!
+//! The module list is the architecture; `docs/architecture.md` draws the
+//! request path through it.
+
+pub mod config;
+pub mod error;
+pub mod filters;
+pub mod gateway;
+pub mod observe;
+pub mod pipeline;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod upstream;

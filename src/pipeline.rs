@@ -1,0 +1,229 @@
+//! The request path, in one straight line:
+//!
+//! 1. request id, and the record that the access log writes at the end
+//! 2. limits and malformed-request checks (a refused request never goes upstream)
+//! 3. route lookup on the listener's router (404 when nothing matches)
+//! 4. the route's filters, in phase order ([`crate::filters`])
+//! 5. the handler: proxy, redirect or direct response
+//! 6. the response gets the request id; logging runs when its body is done
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::error::{ErrorKind, ProxyError};
+use crate::filters::Flow;
+use crate::gateway::{Action, Gateway, Route};
+use crate::observe::{Exchange, request_id};
+use crate::proxy::body::ResponseBody;
+use crate::proxy::forward;
+use crate::routing::{Params, RouteRequest};
+
+/// What a connection knows about itself.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The worker serving it.
+    pub worker: usize,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+/// Per-request state passed to every step.
+pub struct RequestCtx {
+    /// The connection.
+    pub conn: Arc<ConnInfo>,
+    /// The request id.
+    pub request_id: HeaderValue,
+    /// The client address, as resolved through trusted proxies.
+    pub client_ip: IpAddr,
+    /// Params captured by the route's path.
+    pub params: Params,
+    /// A Host to send upstream instead of the upstream's rule.
+    pub upstream_host: Option<HeaderValue>,
+    /// The access log record.
+    pub exchange: Exchange,
+}
+
+/// Serves one request. Never fails: errors become problem responses here.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    gw: Arc<Gateway>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let request_id = match req.headers().get(&gw.request_id_header) {
+        Some(v) if gw.trust_request_id && request_id::accept_incoming(v) => v.clone(),
+        _ => request_id::generate(),
+    };
+    let mut exchange = Exchange::new(gw.access_log.clone(), started);
+    if exchange.wants_details() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        exchange.set_request(
+            req.method(),
+            request_host(&req).unwrap_or(""),
+            pq,
+            conn.peer,
+            &request_id,
+        );
+    }
+    let client_ip = gw.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
+    if let Some(c) = exchange.record.client.as_mut() {
+        c.set_ip(client_ip);
+    }
+    let mut ctx = RequestCtx {
+        conn,
+        request_id,
+        client_ip,
+        params: Params::default(),
+        upstream_host: None,
+        exchange,
+    };
+
+    let result = route_and_run(&gw, req, &mut ctx).await;
+    let RequestCtx {
+        request_id,
+        mut exchange,
+        ..
+    } = ctx;
+    let mut resp = result.unwrap_or_else(|e| {
+        match e.kind.side() {
+            crate::error::Side::Client => tracing::debug!(error = %e, "request refused"),
+            _ => tracing::warn!(error = %e, request_id = ?request_id, "request failed"),
+        }
+        exchange.note_error(format_args!("{e}"));
+        e.to_response(&request_id)
+    });
+    exchange.record.status = resp.status().as_u16();
+    resp.headers_mut()
+        .insert(gw.request_id_header.clone(), request_id);
+    resp.body_mut().set_exchange(exchange);
+    Ok(resp)
+}
+
+async fn route_and_run(
+    gw: &Gateway,
+    mut req: Request<Incoming>,
+    ctx: &mut RequestCtx,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    check_request(gw, &req)?;
+    let route = find_route(gw, &req, ctx)?;
+    if ctx.exchange.wants_details() {
+        ctx.exchange.record.route = Some(route.name.clone());
+    }
+    for f in route.filters.iter() {
+        if let Flow::Respond(resp) = f.on_request(&mut req, ctx) {
+            return Ok(resp);
+        }
+    }
+    match &route.action {
+        Action::Proxy(upstream) => forward::forward(gw, upstream, req, ctx).await,
+        Action::Respond {
+            status,
+            headers,
+            body,
+        } => {
+            let body = if req.method() == Method::HEAD {
+                ResponseBody::empty()
+            } else {
+                ResponseBody::full(body.clone())
+            };
+            let mut resp = Response::new(body);
+            *resp.status_mut() = *status;
+            *resp.headers_mut() = headers.clone();
+            Ok(resp)
+        }
+        Action::Redirect { location, status } => {
+            let mut loc = String::with_capacity(128);
+            let uri = req.uri();
+            let host = request_host(&req).unwrap_or("");
+            location.render(&mut loc, |name| match name {
+                "path" => Some(uri.path()),
+                "query" => uri
+                    .path_and_query()
+                    .map(|pq| &pq.as_str()[uri.path().len()..]),
+                "host" => Some(host),
+                other => ctx.params.get(other),
+            });
+            let value = HeaderValue::from_str(&loc)
+                .map_err(|_| ProxyError::new(ErrorKind::Internal).context("redirect location"))?;
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = *status;
+            resp.headers_mut().insert(header::LOCATION, value);
+            Ok(resp)
+        }
+    }
+}
+
+/// Refuses requests that must not reach an upstream.
+fn check_request(gw: &Gateway, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let limits = &gw.config.limits;
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len as u64 > limits.max_uri_length.0 {
+        return Err(ProxyError::new(ErrorKind::UriTooLong));
+    }
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::new(ErrorKind::BadRequest)
+            .context("both Content-Length and Transfer-Encoding"));
+    }
+    if h.len() > limits.max_headers {
+        return Err(ProxyError::new(ErrorKind::HeadersTooLarge));
+    }
+    Ok(())
+}
+
+fn find_route<'g>(
+    gw: &'g Gateway,
+    req: &Request<Incoming>,
+    ctx: &mut RequestCtx,
+) -> Result<&'g Route, ProxyError> {
+    let router = gw
+        .router(&ctx.conn.listener)
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute).context("listener has no routes"))?;
+    let raw_host = request_host(req).unwrap_or("");
+    let host = strip_port(raw_host);
+    let lowered;
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        lowered = host.to_ascii_lowercase();
+        lowered.as_str()
+    } else {
+        host
+    };
+    let found = router
+        .find(&RouteRequest {
+            host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        })
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute))?;
+    ctx.params = found.params;
+    gw.routes
+        .get(found.index)
+        .ok_or_else(|| ProxyError::new(ErrorKind::Internal).context("route index out of range"))
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or `Host`.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}

@@ -1,0 +1,183 @@
+//! Builds the upstream request, sends it over a pooled connection, and turns
+//! the upstream's answer into the client's, including WebSocket upgrades.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::body::{RequestBody, ResponseBody};
+use super::headers::{remove_hop_by_hop, set_forwarded};
+use crate::config::{HashKey, HostHeader, UpstreamProtocol};
+use crate::error::{ErrorKind, ProxyError};
+use crate::gateway::Gateway;
+use crate::pipeline::{RequestCtx, request_host};
+use crate::upstream::{Upstream, pool};
+
+/// Forwards `req` to `upstream` and returns the response to send back.
+pub async fn forward(
+    gw: &Gateway,
+    upstream: &Arc<Upstream>,
+    mut req: Request<Incoming>,
+    ctx: &mut RequestCtx,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let key = hash_key(upstream.hash_key(), &req, ctx);
+    let endpoint = upstream
+        .pick(ctx.conn.worker, key.as_deref())
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
+
+    let upgrading = wants_upgrade(&req);
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let h2 = upstream.config.protocol == UpstreamProtocol::H2c;
+
+    let host = match (&ctx.upstream_host, &upstream.config.host) {
+        (Some(h), _) => Some(h.clone()),
+        (None, HostHeader::Preserve) => {
+            request_host(&req).and_then(|h| HeaderValue::from_str(h).ok())
+        }
+        (None, HostHeader::Endpoint) => Some(upstream.endpoints[endpoint].host_header.clone()),
+        (None, HostHeader::Fixed(v)) => HeaderValue::from_str(v).ok(),
+    };
+    let client_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
+
+    let (mut parts, body) = req.into_parts();
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers, upgrading && !h2);
+    headers.remove(header::EXPECT);
+    set_forwarded(
+        headers,
+        ctx.conn.peer,
+        ctx.conn.scheme,
+        client_host.as_ref(),
+        &gw.trusted_proxies,
+        gw.forwarded_header,
+    );
+    headers.insert(gw.request_id_header.clone(), ctx.request_id.clone());
+
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2 {
+        parts.version = Version::HTTP_2;
+        headers.remove(header::HOST);
+        let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(pq);
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(&upstream.endpoints[endpoint].address);
+        uri = uri.authority(authority);
+        parts.uri = uri
+            .build()
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest).context(e))?;
+    } else {
+        parts.version = Version::HTTP_11;
+        parts.uri = Uri::from(pq);
+        match host {
+            Some(h) => {
+                headers.insert(header::HOST, h);
+            }
+            None => {
+                headers.remove(header::HOST);
+            }
+        }
+    }
+
+    let counter = (!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+    if ctx.exchange.wants_details() {
+        ctx.exchange.bytes_in = counter.clone();
+    }
+    let body = RequestBody::new(body, counter, upstream.config.timeouts.idle.0);
+    let sent_at = Instant::now();
+    let sent = pool::send(
+        upstream,
+        ctx.conn.worker,
+        endpoint,
+        Request::from_parts(parts, body),
+    )
+    .await;
+    let pool::Sent {
+        response,
+        lease,
+        addr,
+    } = sent?;
+    if ctx.exchange.wants_details() {
+        ctx.exchange.record.upstream = Some(addr);
+        ctx.exchange.record.upstream_duration = Some(sent_at.elapsed());
+    }
+
+    let (mut parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    remove_hop_by_hop(&mut parts.headers, switching);
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            lease.detach();
+            return Err(ProxyError::new(ErrorKind::UpstreamFailed)
+                .context("101 Switching Protocols to a request that asked for no upgrade"));
+        };
+        let mut upstream_resp = Response::from_parts(parts, body);
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
+        let (parts, _) = upstream_resp.into_parts();
+        lease.detach();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
+    }
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, Some(lease), upstream.config.timeouts.idle.0),
+    ))
+}
+
+/// An HTTP/1.1 request asking to switch protocols (RFC 9110 §7.8).
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The bytes a consistent hash is computed over.
+fn hash_key<B>(key: Option<&HashKey>, req: &Request<B>, ctx: &RequestCtx) -> Option<Vec<u8>> {
+    match key? {
+        HashKey::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec()),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_bytes().to_vec()),
+        HashKey::ClientIp => Some(match ctx.client_ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        }),
+        HashKey::Path => Some(req.uri().path().as_bytes().to_vec()),
+    }
+}

@@ -1,0 +1,74 @@
+//! Serving one client connection: HTTP/1.1 and h2c on the same port, with the
+//! configured header limits and timeouts, and a graceful close when draining.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::Shared;
+use crate::pipeline::{self, ConnInfo};
+
+/// Serves `stream` until it closes, or closes it gracefully when `drain` fires.
+pub async fn serve(
+    stream: TcpStream,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+) {
+    shared.active.fetch_add(1, Ordering::Relaxed);
+    let _guard = ActiveGuard(shared.clone());
+    let builder = {
+        let gw = shared.current.load();
+        let limits = &gw.config.limits;
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout.0)
+            .max_buf_size(
+                usize::try_from(limits.max_header_bytes.0)
+                    .unwrap_or(usize::MAX)
+                    .max(8192),
+            )
+            .max_headers(limits.max_headers);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes.0).unwrap_or(u32::MAX));
+        b
+    };
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req| {
+        let gw = svc_shared.current.load_full();
+        pipeline::handle(req, info.clone(), gw)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    if *drain.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+            return;
+        }
+        () = super::drained(&mut drain) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "client connection ended with an error while draining");
+    }
+}
+
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

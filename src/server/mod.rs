@@ -1,0 +1,313 @@
+//! The server: worker runtimes, listeners, reload and graceful shutdown.
+//!
+//! N workers each run a single-threaded tokio runtime with their own
+//! `SO_REUSEPORT` socket per listener and their own upstream pools. Reload,
+//! DNS refresh, pool sweeps and signals run on the main thread's runtime.
+
+pub mod conn;
+pub mod listener;
+pub mod reload;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::{Mutex, watch};
+
+use crate::config::{self, Config};
+use crate::gateway::{self, Gateway};
+use crate::pipeline::ConnInfo;
+
+/// State shared by the workers and the control runtime.
+pub struct Shared {
+    /// The current snapshot; each request loads it once.
+    pub current: ArcSwap<Gateway>,
+    /// Open client connections.
+    pub active: AtomicUsize,
+    /// The config file.
+    pub config_path: PathBuf,
+    workers: Vec<Handle>,
+    listeners: Mutex<HashMap<(Arc<str>, SocketAddr), RunningListener>>,
+}
+
+struct RunningListener {
+    bound: SocketAddr,
+    drain: watch::Sender<bool>,
+}
+
+/// The number of workers to run.
+pub fn worker_count(cfg: &Config) -> usize {
+    cfg.workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
+/// Runs the gateway until SIGTERM or SIGINT; returns the process exit code.
+pub fn run(path: PathBuf, cfg: Config) -> i32 {
+    let file = path.display().to_string();
+    let workers = worker_count(&cfg);
+    let gw = match gateway::compile(cfg, &file, workers, None) {
+        Ok(gw) => gw,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let control = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control runtime");
+            return 1;
+        }
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut handles = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let mut stop = stop_rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("portico-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                if htx.send(rt.handle().clone()).is_err() {
+                    return;
+                }
+                rt.block_on(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                rt.shutdown_timeout(Duration::from_millis(100));
+            });
+        match spawned.ok().and_then(|t| hrx.recv().ok().map(|h| (t, h))) {
+            Some((t, h)) => {
+                threads.push(t);
+                handles.push(h);
+            }
+            None => {
+                tracing::error!("cannot start worker {i}");
+                return 1;
+            }
+        }
+    }
+    let shared = Arc::new(Shared {
+        current: ArcSwap::from_pointee(gw),
+        active: AtomicUsize::new(0),
+        config_path: path,
+        workers: handles,
+        listeners: Mutex::new(HashMap::new()),
+    });
+    let code = control.block_on(async {
+        let gw = shared.current.load_full();
+        if let Err(e) = apply_listeners(&shared, &gw).await {
+            tracing::error!("{e}");
+            return 1;
+        }
+        tracing::info!(workers, "portico started");
+        tokio::spawn(reload::watch(shared.clone()));
+        tokio::spawn(maintain(shared.clone()));
+        shutdown_signal().await;
+        drain(&shared).await;
+        0
+    });
+    let _ = stop_tx.send(true);
+    for t in threads {
+        let _ = t.join();
+    }
+    control.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// Binds listeners that `gw` has and the server does not, and drains those
+/// it no longer has. Binding errors leave the running set unchanged.
+pub async fn apply_listeners(shared: &Arc<Shared>, gw: &Gateway) -> Result<(), String> {
+    let mut running = shared.listeners.lock().await;
+    let mut started = Vec::new();
+    for l in gw.listeners.iter() {
+        let key = (l.name.clone(), l.address);
+        if running.contains_key(&key) {
+            continue;
+        }
+        let sockets = listener::bind_reuseport(l.address, shared.workers.len()).map_err(|e| {
+            format!(
+                "cannot listen on {} (listener `{}`): {e}",
+                l.address, l.name
+            )
+        })?;
+        let bound = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(l.address);
+        started.push((key, bound, sockets));
+    }
+    for (key, bound, sockets) in started {
+        let (drain_tx, drain_rx) = watch::channel(false);
+        for (worker, (socket, handle)) in sockets.into_iter().zip(&shared.workers).enumerate() {
+            let shared = shared.clone();
+            let name = key.0.clone();
+            let drain = drain_rx.clone();
+            handle.spawn(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(l) => accept_loop(l, name, worker, shared, drain).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register listener"),
+                }
+            });
+        }
+        tracing::info!(listener = %key.0, address = %bound, "listening");
+        running.insert(
+            key,
+            RunningListener {
+                bound,
+                drain: drain_tx,
+            },
+        );
+    }
+    running.retain(|key, l| {
+        let keep = gw
+            .listeners
+            .iter()
+            .any(|n| n.name == key.0 && n.address == key.1);
+        if !keep {
+            tracing::info!(listener = %key.0, address = %l.bound, "listener removed; draining");
+            let _ = l.drain.send(true);
+        }
+        keep
+    });
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    worker: usize,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let conn_drain = drain.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let info = Arc::new(ConnInfo { peer, listener: name.clone(), worker, scheme: "http" });
+                    tokio::spawn(conn::serve(stream, info, shared.clone(), conn_drain.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = drained(&mut drain) => return,
+        }
+    }
+}
+
+/// Stops accepting, closes connections gracefully, and waits for requests in
+/// flight up to the configured deadline.
+async fn drain(shared: &Arc<Shared>) {
+    let deadline = shared.current.load().config.shutdown_timeout.0;
+    tracing::info!(timeout = ?deadline, "shutting down: draining connections");
+    for l in shared.listeners.lock().await.values() {
+        let _ = l.drain.send(true);
+    }
+    let until = tokio::time::Instant::now() + deadline;
+    while shared.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shared.active.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "shutdown deadline reached; closing the rest"
+        );
+    } else {
+        tracing::info!("all connections drained");
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Periodic upkeep: DNS re-resolution and closing expired idle connections.
+async fn maintain(shared: Arc<Shared>) {
+    let mut last_resolve: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let gw = shared.current.load_full();
+        let now = tokio::time::Instant::now();
+        for (name, up) in &gw.upstreams {
+            for w in 0..gw.workers {
+                up.sweep(w);
+            }
+            if !up.endpoints.iter().any(|e| e.is_dns) {
+                continue;
+            }
+            let due = last_resolve
+                .get(name)
+                .is_none_or(|t| now.duration_since(*t) >= up.config.resolve_interval.0);
+            if due {
+                last_resolve.insert(name.clone(), now);
+                up.refresh_dns().await;
+            }
+        }
+        last_resolve.retain(|n, _| gw.upstreams.contains_key(n));
+    }
+}
+
+/// Loads, compiles and swaps in the config file; the old snapshot keeps
+/// serving when anything fails.
+pub async fn reload(shared: &Arc<Shared>) -> Result<(), String> {
+    let path = shared.config_path.clone();
+    let previous = shared.current.load_full();
+    let workers = previous.workers;
+    let compiled = tokio::task::spawn_blocking(move || {
+        let file = path.display().to_string();
+        let cfg = config::load_file(&path).map_err(|e| e.to_string())?;
+        if worker_count(&cfg) != workers {
+            tracing::warn!("`workers` changed; it takes effect at the next restart");
+        }
+        gateway::compile(cfg, &file, workers, Some(&previous)).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("reload task failed: {e}"))??;
+    apply_listeners(shared, &compiled).await?;
+    shared.current.store(Arc::new(compiled));
+    Ok(())
+}
+
+/// Resolves once `drain` turns true (or its sender is gone).
+pub(crate) async fn drained(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}

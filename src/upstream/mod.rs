@@ -1,0 +1,157 @@
+//! Upstreams: endpoints, their resolved addresses, the balancer, and one
+//! connection pool per worker and endpoint.
+
+pub mod balance;
+pub mod pool;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::config::{HashKey, UpstreamConfig};
+use balance::Balancer;
+use pool::EndpointPool;
+
+/// One configured endpoint.
+pub struct Endpoint {
+    /// The configured `host:port`.
+    pub address: Box<str>,
+    /// The configured address as a Host header value.
+    pub host_header: HeaderValue,
+    /// Whether `address` names a host to resolve (rather than an IP).
+    pub is_dns: bool,
+    /// Current addresses; re-resolved periodically for DNS names.
+    pub addrs: ArcSwap<Vec<SocketAddr>>,
+}
+
+impl Endpoint {
+    fn new(address: &str) -> Self {
+        let is_dns = address.parse::<SocketAddr>().is_err();
+        let addrs = address
+            .to_socket_addrs()
+            .map(|a| a.collect::<Vec<_>>())
+            .unwrap_or_else(|e| {
+                tracing::warn!(endpoint = address, error = %e, "cannot resolve endpoint; it stays unavailable until it resolves");
+                Vec::new()
+            });
+        Self {
+            address: address.into(),
+            host_header: HeaderValue::from_str(address)
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            is_dns,
+            addrs: ArcSwap::from_pointee(addrs),
+        }
+    }
+
+    /// Resolves a DNS name again; keeps the old addresses when resolution fails.
+    pub async fn refresh(&self) {
+        if !self.is_dns {
+            return;
+        }
+        match tokio::net::lookup_host(&*self.address).await {
+            Ok(addrs) => {
+                let mut new: Vec<SocketAddr> = addrs.collect();
+                new.sort();
+                if !new.is_empty() && **self.addrs.load() != new {
+                    tracing::info!(endpoint = %self.address, addrs = ?new, "endpoint addresses changed");
+                    self.addrs.store(Arc::new(new));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %self.address, error = %e, "re-resolving endpoint failed; keeping its addresses")
+            }
+        }
+    }
+}
+
+/// A compiled upstream. Kept across reloads while its definition is unchanged,
+/// so pools and balancer state survive.
+pub struct Upstream {
+    /// Its name.
+    pub name: Arc<str>,
+    /// The definition it was built from.
+    pub config: UpstreamConfig,
+    /// Its endpoints.
+    pub endpoints: Box<[Endpoint]>,
+    /// In-flight requests per endpoint.
+    pub inflight: Box<[AtomicU32]>,
+    balancer: Balancer,
+    /// `pools[worker][endpoint]`.
+    pools: Box<[Box<[EndpointPool]>]>,
+}
+
+impl Upstream {
+    /// Builds an upstream for `workers` workers. Resolves DNS names (blocking:
+    /// call off the request path).
+    pub fn new(name: &str, config: &UpstreamConfig, workers: usize) -> Self {
+        let endpoints: Box<[Endpoint]> = config
+            .endpoints
+            .iter()
+            .map(|e| Endpoint::new(e.value.address()))
+            .collect();
+        let ids: Vec<&str> = endpoints.iter().map(|e| &*e.address).collect();
+        let weights: Vec<u32> = config.endpoints.iter().map(|e| e.value.weight()).collect();
+        let workers = workers.max(1);
+        Self {
+            name: name.into(),
+            config: config.clone(),
+            inflight: endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
+            balancer: Balancer::new(&config.balance, &ids, &weights, workers),
+            pools: (0..workers)
+                .map(|_| {
+                    endpoints
+                        .iter()
+                        .map(|_| EndpointPool::new(&config.pool))
+                        .collect()
+                })
+                .collect(),
+            endpoints,
+        }
+    }
+
+    /// The hash key source, for consistent hashing.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &self.config.balance {
+            crate::config::BalanceConfig::ConsistentHash(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Picks an endpoint for a request on `worker`.
+    pub fn pick(&self, worker: usize, key: Option<&[u8]>) -> Option<usize> {
+        self.balancer
+            .pick(worker % self.pools.len(), key, &self.inflight)
+    }
+
+    /// The pool of one endpoint on one worker.
+    pub fn pool(&self, worker: usize, endpoint: usize) -> &EndpointPool {
+        &self.pools[worker % self.pools.len()][endpoint]
+    }
+
+    /// Closes idle connections past their idle timeout on `worker`.
+    pub fn sweep(&self, worker: usize) {
+        if let Some(pools) = self.pools.get(worker) {
+            for p in pools.iter() {
+                p.sweep(self.config.pool.idle_timeout.0);
+            }
+        }
+    }
+
+    /// Re-resolves DNS endpoints.
+    pub async fn refresh_dns(&self) {
+        for e in self.endpoints.iter() {
+            e.refresh().await;
+        }
+    }
+
+    pub(crate) fn begin(&self, endpoint: usize) {
+        self.inflight[endpoint].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end(&self, endpoint: usize) {
+        self.inflight[endpoint].fetch_sub(1, Ordering::Relaxed);
+    }
+}
