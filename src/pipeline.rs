@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -22,6 +22,7 @@ use crate::observe::{Exchange, request_id};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::forward;
 use crate::routing::{Params, RouteRequest};
+use crate::server::h1_guard::{Flaw, Verdicts};
 
 /// What a connection knows about itself.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub struct ConnInfo {
     pub worker: usize,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// What the HTTP/1.x guard found in this connection's request heads.
+    pub verdicts: Arc<Verdicts>,
 }
 
 /// Per-request state passed to every step.
@@ -87,7 +90,14 @@ pub async fn handle(
         exchange,
     };
 
-    let result = route_and_run(&gw, req, &mut ctx).await;
+    let flaw = match req.version() {
+        Version::HTTP_10 | Version::HTTP_11 => ctx.conn.verdicts.next_request(),
+        _ => None,
+    };
+    let result = match flaw {
+        None => route_and_run(&gw, req, &mut ctx).await,
+        Some(flaw) => Err(flawed(flaw)),
+    };
     let RequestCtx {
         request_id,
         mut exchange,
@@ -101,6 +111,11 @@ pub async fn handle(
         exchange.note_error(format_args!("{e}"));
         e.to_response(&request_id)
     });
+    if flaw.is_some() {
+        // The connection's framing can no longer be trusted.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     exchange.record.status = resp.status().as_u16();
     resp.headers_mut()
         .insert(gw.request_id_header.clone(), request_id);
@@ -120,7 +135,7 @@ async fn route_and_run(
     }
     for f in route.filters.iter() {
         if let Flow::Respond(resp) = f.on_request(&mut req, ctx) {
-            return Ok(resp);
+            return Ok(*resp);
         }
     }
     match &route.action {
@@ -169,15 +184,18 @@ fn check_request(gw: &Gateway, req: &Request<Incoming>) -> Result<(), ProxyError
     if target_len as u64 > limits.max_uri_length.0 {
         return Err(ProxyError::new(ErrorKind::UriTooLong));
     }
-    let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::new(ErrorKind::BadRequest)
-            .context("both Content-Length and Transfer-Encoding"));
-    }
-    if h.len() > limits.max_headers {
+    if req.headers().len() > limits.max_headers {
         return Err(ProxyError::new(ErrorKind::HeadersTooLarge));
     }
     Ok(())
+}
+
+fn flawed(flaw: Flaw) -> ProxyError {
+    match flaw {
+        Flaw::AmbiguousLength => ProxyError::new(ErrorKind::BadRequest)
+            .context("both Content-Length and Transfer-Encoding"),
+        Flaw::HeadTooLarge => ProxyError::new(ErrorKind::HeadersTooLarge),
+    }
 }
 
 fn find_route<'g>(

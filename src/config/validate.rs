@@ -132,6 +132,8 @@ impl Validator<'_> {
                         l.address.value
                     ),
                 ),
+                // Port 0 asks the OS for a free port: two such listeners never clash.
+                Ok(addr) if addr.port() == 0 => {}
                 Ok(addr) => {
                     if let Some(other) = addrs.get(&addr) {
                         self.at(

@@ -32,7 +32,7 @@ pub enum Flow {
     /// Go on to the next filter, then the handler.
     Continue,
     /// Answer now with this response (it is still logged).
-    Respond(Response<ResponseBody>),
+    Respond(Box<Response<ResponseBody>>),
 }
 
 /// A compiled filter.

@@ -43,7 +43,11 @@ impl AccessLog {
         match self.tx.try_send(record) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
                     tracing::warn!("access log queue full; lines are being dropped");
                 }
             }

@@ -1,6 +1,7 @@
 //! Serving one client connection: HTTP/1.1 and h2c on the same port, with the
 //! configured header limits and timeouts, and a graceful close when draining.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,20 +12,39 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::Shared;
+use super::h1_guard::Guarded;
 use crate::pipeline::{self, ConnInfo};
+
+/// Where a connection arrived.
+pub struct Place {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The worker that accepted it.
+    pub worker: usize,
+}
 
 /// Serves `stream` until it closes, or closes it gracefully when `drain` fires.
 pub async fn serve(
     stream: TcpStream,
-    info: Arc<ConnInfo>,
+    place: Place,
     shared: Arc<Shared>,
     mut drain: watch::Receiver<bool>,
 ) {
     shared.active.fetch_add(1, Ordering::Relaxed);
     let _guard = ActiveGuard(shared.clone());
+    let gw = shared.current.load_full();
+    let limits = &gw.config.limits;
+    let (stream, verdicts) = Guarded::new(stream, limits.max_header_bytes.0);
+    let info = Arc::new(ConnInfo {
+        peer: place.peer,
+        listener: place.listener,
+        worker: place.worker,
+        scheme: "http",
+        verdicts,
+    });
     let builder = {
-        let gw = shared.current.load();
-        let limits = &gw.config.limits;
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
@@ -40,6 +60,7 @@ pub async fn serve(
             .max_header_list_size(u32::try_from(limits.max_header_bytes.0).unwrap_or(u32::MAX));
         b
     };
+    drop(gw);
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| {
         let gw = svc_shared.current.load_full();

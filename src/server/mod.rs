@@ -5,6 +5,7 @@
 //! DNS refresh, pool sweeps and signals run on the main thread's runtime.
 
 pub mod conn;
+pub mod h1_guard;
 pub mod listener;
 pub mod reload;
 
@@ -22,7 +23,6 @@ use tokio::sync::{Mutex, watch};
 
 use crate::config::{self, Config};
 use crate::gateway::{self, Gateway};
-use crate::pipeline::ConnInfo;
 
 /// State shared by the workers and the control runtime.
 pub struct Shared {
@@ -205,8 +205,8 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let info = Arc::new(ConnInfo { peer, listener: name.clone(), worker, scheme: "http" });
-                    tokio::spawn(conn::serve(stream, info, shared.clone(), conn_drain.clone()));
+                    let place = conn::Place { peer, listener: name.clone(), worker };
+                    tokio::spawn(conn::serve(stream, place, shared.clone(), conn_drain.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

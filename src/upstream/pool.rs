@@ -252,12 +252,26 @@ pub async fn send(
 }
 
 fn upstream_failed(e: hyper::Error) -> ProxyError {
+    if client_body_failed(&e) {
+        // Reading the client's body failed (malformed chunking, a stall, a reset):
+        // the client's fault, not the upstream's.
+        return ProxyError::new(ErrorKind::ClientFailed).context(&e);
+    }
     let mut err = ProxyError::new(ErrorKind::UpstreamFailed).context(&e);
     if e.is_canceled() {
         // The connection closed before the request was written.
         err.retry = Retry::Safe;
     }
     err
+}
+
+/// Whether `e` is hyper reporting that the request body (the client's body,
+/// streamed through [`RequestBody`]) failed, rather than the upstream.
+fn client_body_failed(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    e.is_user()
+        && e.source()
+            .is_some_and(|s| s.is::<hyper::Error>() || s.is::<crate::proxy::body::IdleTimeout>())
 }
 
 /// Connects to the first address of `ep` that accepts, within `limit` in total.

@@ -1,8 +1,11 @@
 //! Test harness: the real `portico` binary on 127.0.0.1:0 in front of real
 //! upstream servers started by the test.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod grpc;
+pub mod raw;
 pub mod upstream;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,456 @@
+//! A read-side guard for HTTP/1.x connections: it follows the message framing
+//! of the bytes hyper reads and flags request heads that hyper would repair
+//! rather than refuse, so the pipeline can answer them with an error instead
+//! of forwarding them.
+//!
+//! hyper, as RFC 9112 §6.3 allows, drops `Content-Length` when
+//! `Transfer-Encoding` is also present and forwards the message as chunked.
+//! A gateway must refuse it: the two fields together are the classic
+//! request-smuggling vector. The guard also measures each head exactly, since
+//! hyper cannot enforce a head limit below its 8 KiB read buffer.
+//!
+//! The scanner is a byte state machine: no buffering, no allocation. It stops
+//! scanning (passes bytes through) on HTTP/2, on upgrades and on CONNECT.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What the guard found wrong with a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    /// Both Content-Length and Transfer-Encoding.
+    AmbiguousLength,
+    /// The head is larger than the configured limit.
+    HeadTooLarge,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// Shared between a connection's stream and its requests.
+#[derive(Debug)]
+pub struct Verdicts {
+    /// `index << 1 | flaw` of the first flawed head, or `NONE`.
+    first: AtomicU64,
+    /// Requests handed to the service so far.
+    served: AtomicU64,
+}
+
+impl Verdicts {
+    fn new() -> Self {
+        Self {
+            first: AtomicU64::new(NONE),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    fn flag(&self, index: u64, flaw: Flaw) {
+        let code = index << 1 | u64::from(flaw == Flaw::HeadTooLarge);
+        let _ = self
+            .first
+            .compare_exchange(NONE, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Called once per request, in order: the flaw of this request's head, if any.
+    /// hyper serves HTTP/1.x requests strictly in order, so the n-th call is
+    /// the n-th head.
+    pub fn next_request(&self) -> Option<Flaw> {
+        let index = self.served.fetch_add(1, Ordering::Relaxed);
+        let first = self.first.load(Ordering::Relaxed);
+        if first == NONE || first >> 1 != index {
+            return None;
+        }
+        Some(if first & 1 == 1 {
+            Flaw::HeadTooLarge
+        } else {
+            Flaw::AmbiguousLength
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Other,
+    ContentLength,
+    TransferEncoding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    /// Between messages (leading empty lines are skipped).
+    Idle,
+    RequestLine,
+    LineStart,
+    Name,
+    Value(Field),
+    HeadEnd,
+    Fixed(u64),
+    ChunkSize,
+    ChunkExt,
+    ChunkData(u64),
+    ChunkDataEnd,
+    TrailerStart,
+    TrailerLine,
+    TrailerEnd,
+    /// Not HTTP/1.x framing any more (HTTP/2, upgrade, CONNECT, or confusion).
+    Pass,
+}
+
+/// The framing scanner.
+#[derive(Debug)]
+struct Scanner {
+    st: St,
+    heads: u64,
+    head_bytes: u64,
+    max_head: u64,
+    start: [u8; 8],
+    start_len: u8,
+    name: [u8; 17],
+    name_len: u8,
+    cl: Option<u64>,
+    te: bool,
+    upgrade: bool,
+    size: u64,
+}
+
+impl Scanner {
+    fn new(max_head: u64) -> Self {
+        Self {
+            st: St::Idle,
+            heads: 0,
+            head_bytes: 0,
+            max_head,
+            start: [0; 8],
+            start_len: 0,
+            name: [0; 17],
+            name_len: 0,
+            cl: None,
+            te: false,
+            upgrade: false,
+            size: 0,
+        }
+    }
+
+    fn scan(&mut self, mut bytes: &[u8], verdicts: &Verdicts) {
+        while !bytes.is_empty() {
+            match self.st {
+                St::Pass => return,
+                St::Fixed(n) => {
+                    let take = n.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.st = if take == n {
+                        St::Idle
+                    } else {
+                        St::Fixed(n - take)
+                    };
+                }
+                St::ChunkData(n) => {
+                    let take = n.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.st = if take == n {
+                        St::ChunkDataEnd
+                    } else {
+                        St::ChunkData(n - take)
+                    };
+                }
+                _ => {
+                    self.step(bytes[0], verdicts);
+                    bytes = &bytes[1..];
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, b: u8, verdicts: &Verdicts) {
+        if matches!(
+            self.st,
+            St::RequestLine | St::LineStart | St::Name | St::Value(_) | St::HeadEnd
+        ) {
+            self.head_bytes += 1;
+        }
+        self.st = match self.st {
+            St::Idle if b == b'\r' || b == b'\n' => St::Idle,
+            St::Idle => {
+                self.heads += 1;
+                self.head_bytes = 1;
+                self.start = [0; 8];
+                self.start[0] = b;
+                self.start_len = 1;
+                self.cl = None;
+                self.te = false;
+                self.upgrade = false;
+                St::RequestLine
+            }
+            St::RequestLine => {
+                if usize::from(self.start_len) < self.start.len() {
+                    self.start[usize::from(self.start_len)] = b;
+                    self.start_len += 1;
+                    if self.start_len == 4 && &self.start[..4] == b"PRI " {
+                        return self.st = St::Pass;
+                    }
+                }
+                if b == b'\n' {
+                    St::LineStart
+                } else {
+                    St::RequestLine
+                }
+            }
+            St::LineStart => match b {
+                b'\r' => St::HeadEnd,
+                b'\n' => self.end_head(verdicts),
+                _ => {
+                    self.name_len = 0;
+                    self.push_name(b);
+                    St::Name
+                }
+            },
+            St::Name => match b {
+                b':' => St::Value(self.field()),
+                b'\n' => St::LineStart,
+                _ => {
+                    self.push_name(b);
+                    St::Name
+                }
+            },
+            St::Value(field) => {
+                if b == b'\n' {
+                    return self.st = St::LineStart;
+                }
+                match field {
+                    Field::ContentLength if b.is_ascii_digit() => {
+                        let v = self.cl.unwrap_or(0);
+                        self.cl = Some(v.saturating_mul(10).saturating_add(u64::from(b - b'0')));
+                    }
+                    Field::TransferEncoding => self.te = true,
+                    _ => {}
+                }
+                St::Value(field)
+            }
+            St::HeadEnd => self.end_head(verdicts),
+            St::ChunkSize => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
+                    match self.size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
+                        Some(s) => {
+                            self.size = s;
+                            St::ChunkSize
+                        }
+                        None => St::Pass,
+                    }
+                }
+                b'\n' => self.chunk_start(),
+                _ => St::ChunkExt,
+            },
+            St::ChunkExt => {
+                if b == b'\n' {
+                    self.chunk_start()
+                } else {
+                    St::ChunkExt
+                }
+            }
+            St::ChunkDataEnd => {
+                if b == b'\n' {
+                    self.size = 0;
+                    St::ChunkSize
+                } else {
+                    St::ChunkDataEnd
+                }
+            }
+            St::TrailerStart => match b {
+                b'\r' => St::TrailerEnd,
+                b'\n' => St::Idle,
+                _ => St::TrailerLine,
+            },
+            St::TrailerLine => {
+                if b == b'\n' {
+                    St::TrailerStart
+                } else {
+                    St::TrailerLine
+                }
+            }
+            St::TrailerEnd => St::Idle,
+            St::Fixed(_) | St::ChunkData(_) | St::Pass => self.st,
+        };
+    }
+
+    fn push_name(&mut self, b: u8) {
+        if let Some(slot) = self.name.get_mut(usize::from(self.name_len)) {
+            *slot = b.to_ascii_lowercase();
+        }
+        self.name_len = self.name_len.saturating_add(1);
+    }
+
+    fn field(&mut self) -> Field {
+        let name = self
+            .name
+            .get(..usize::from(self.name_len))
+            .unwrap_or_default();
+        match name {
+            b"content-length" => Field::ContentLength,
+            b"transfer-encoding" => Field::TransferEncoding,
+            b"upgrade" => {
+                self.upgrade = true;
+                Field::Other
+            }
+            _ => Field::Other,
+        }
+    }
+
+    fn end_head(&mut self, verdicts: &Verdicts) -> St {
+        let index = self.heads - 1;
+        if self.head_bytes > self.max_head {
+            verdicts.flag(index, Flaw::HeadTooLarge);
+        }
+        if self.te && self.cl.is_some() {
+            verdicts.flag(index, Flaw::AmbiguousLength);
+        }
+        if self.upgrade || self.start.starts_with(b"CONNECT ") {
+            return St::Pass;
+        }
+        self.size = 0;
+        match (self.te, self.cl) {
+            (true, _) => St::ChunkSize,
+            (false, Some(n)) if n > 0 => St::Fixed(n),
+            _ => St::Idle,
+        }
+    }
+
+    fn chunk_start(&mut self) -> St {
+        if self.size == 0 {
+            St::TrailerStart
+        } else {
+            St::ChunkData(self.size)
+        }
+    }
+}
+
+/// A client stream whose reads are scanned by the guard.
+pub struct Guarded<S> {
+    inner: S,
+    scanner: Scanner,
+    verdicts: Arc<Verdicts>,
+}
+
+impl<S> Guarded<S> {
+    /// Wraps `inner`; heads larger than `max_head` bytes are flagged.
+    pub fn new(inner: S, max_head: u64) -> (Self, Arc<Verdicts>) {
+        let verdicts = Arc::new(Verdicts::new());
+        (
+            Self {
+                inner,
+                scanner: Scanner::new(max_head),
+                verdicts: verdicts.clone(),
+            },
+            verdicts,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if res.is_ready() && this.scanner.st != St::Pass {
+            this.scanner.scan(&buf.filled()[before..], &this.verdicts);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(input: &[u8], split: usize, max_head: u64) -> Vec<Option<Flaw>> {
+        let v = Verdicts::new();
+        let mut s = Scanner::new(max_head);
+        for chunk in input.chunks(split) {
+            s.scan(chunk, &v);
+        }
+        (0..s.heads).map(|_| v.next_request()).collect()
+    }
+
+    #[test]
+    fn follows_keep_alive_framing() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nPOST /d HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for split in [1, 3, 7, input.len()] {
+            let got = scan_all(input, split, 1 << 20);
+            assert_eq!(
+                got,
+                [None, None, None, Some(Flaw::AmbiguousLength)],
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn body_bytes_are_not_taken_for_headers() {
+        let body = b"\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut input =
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        input.extend_from_slice(body);
+        input.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        assert_eq!(scan_all(&input, 5, 1 << 20), [None, None]);
+    }
+
+    #[test]
+    fn head_size_is_measured() {
+        let input =
+            b"GET / HTTP/1.1\r\nX-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        assert_eq!(scan_all(input, 4, 32), [Some(Flaw::HeadTooLarge)]);
+        assert_eq!(scan_all(input, 4, 1024), [None]);
+    }
+
+    #[test]
+    fn stops_at_http2_and_upgrades() {
+        let v = Verdicts::new();
+        let mut s = Scanner::new(1024);
+        s.scan(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &v);
+        assert_eq!(s.st, St::Pass);
+        let mut s = Scanner::new(1024);
+        s.scan(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            &v,
+        );
+        assert_eq!(s.st, St::Pass);
+    }
+}
