@@ -21,12 +21,12 @@ WRK_THREADS=${WRK_THREADS:-1}
 H2_CONNS=${H2_CONNS:-50}
 H2_STREAMS=${H2_STREAMS:-10}
 UPSTREAM_POOL=${UPSTREAM_POOL:-1024}   # idle upstream connections kept (nginx keepalive, portico max_idle)
-ORIGIN_PORT=${ORIGIN_PORT:-18000}
-NGINX_PORT=${NGINX_PORT:-18080}
-HAPROXY_PORT=${HAPROXY_PORT:-18081}
-PORTICO_PORT=${PORTICO_PORT:-18082}
-NGINX_H2_PORT=${NGINX_H2_PORT:-18090}
-HAPROXY_H2_PORT=${HAPROXY_H2_PORT:-18091}
+ORIGIN_PORT=${ORIGIN_PORT:-19000}
+NGINX_PORT=${NGINX_PORT:-19080}
+HAPROXY_PORT=${HAPROXY_PORT:-19081}
+PORTICO_PORT=${PORTICO_PORT:-19082}
+NGINX_H2_PORT=${NGINX_H2_PORT:-19090}
+HAPROXY_H2_PORT=${HAPROXY_H2_PORT:-19091}
 PORTICO_BIN=${PORTICO_BIN:-$REPO/target/release/portico}
 BUILD=${BUILD:-1}                      # 0: don't run cargo build (use PORTICO_BIN as is)
 READY_TIMEOUT=${READY_TIMEOUT:-20}     # seconds to wait for a server to answer
@@ -366,6 +366,9 @@ cpu_ticks() { # sum utime+stime over the pids given
     done
     echo "$total"
 }
+core_ticks() { # "total busy" ticks of one core, from /proc/stat
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, t - $5 - $6 }' /proc/stat
+}
 reset_hwm() { local pid; for pid in "$@"; do echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; done; }
 peak_rss_kb() { # largest VmHWM among the pids (for nginx: the worker; the idle master shares its pages)
     local max=0 pid v
@@ -477,6 +480,8 @@ run_one() { # round scenario peer
     reset_hwm $pids
     # shellcheck disable=SC2086
     t0=$(cpu_ticks $pids)
+    local c0 c1
+    c0=$(core_ticks "$PROXY_CORE")
     local out=$T/runs/r$r-$s-$p.out
     mkdir -p "$T/runs"
     if ! load_run "$s" "$port" "$DURATION" "$out" >"$T/res"; then
@@ -486,6 +491,7 @@ run_one() { # round scenario peer
     fi
     # shellcheck disable=SC2086
     t1=$(cpu_ticks $pids)
+    c1=$(core_ticks "$PROXY_CORE")
     # shellcheck disable=SC2086
     local rss
     rss=$(peak_rss_kb $pids)
@@ -494,9 +500,16 @@ run_one() { # round scenario peer
     read -r rps p50 p99 n err <"$T/res"
     local cpu
     cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tok\n' "$r" "$s" "$p" "$rps" "$p50" "$p99" "$n" "$cpu" "$rss" "$err" >>"$RAW"
-    log "$(printf 'round %d %-8s %-8s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %5.2f s  rss %6d kB  errors %d' \
-        "$r" "$s" "$p" "$rps" "$p50" "$p99" "$cpu" "$rss" "$err")"
+    # CPU time on the proxy core used by anything but the proxy: how disturbed the run was
+    local other
+    other=$(awk -v a="$c0" -v b="$c1" -v own="$ticks" -v direct="$([[ $p == direct ]] && echo 1 || echo 0)" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); tot = y[1] - x[1]; busy = y[2] - x[2]
+        if (!direct) busy -= own
+        if (tot <= 0) { print 0; exit }
+        v = 100 * busy / tot; if (v < 0) v = 0; printf "%.0f", v }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tok\t%s\n' "$r" "$s" "$p" "$rps" "$p50" "$p99" "$n" "$cpu" "$rss" "$err" "$other" >>"$RAW"
+    log "$(printf 'round %d %-8s %-8s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %5.2f s  rss %6d kB  errors %d  other load on core %d: %d%%' \
+        "$r" "$s" "$p" "$rps" "$p50" "$p99" "$cpu" "$rss" "$err" "$PROXY_CORE" "$other")"
 }
 
 # ------------------------------------------------------------------ report --
@@ -518,6 +531,7 @@ report() {
         rps[key, n] = $4; p50[key, n] = $5; p99[key, n] = $6
         rpc[key, n] = ($8 > 0) ? $7 / $8 : -1
         if ($9 > rss[key]) rss[key] = $9
+        no++; ot[no] = $12 + 0; if ($12 + 0 > omax) omax = $12 + 0
         err[key] += $10
     }
     END {
@@ -559,6 +573,7 @@ report() {
             if (tp != "") printf "\nBody throughput (median): %s.\n", tp
         }
         printf "\n¹ direct: the origin itself (on the load core); its CPU and RSS are the origin'"'"'s.\n"
+        if (no > 0) printf "\nOther processes'"'"' share of the proxy core during the runs: median %d%%, max %d%% (above a few %% the run was disturbed).\n", median(ot, no), omax
     }' "$RAW"
 }
 
