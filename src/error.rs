@@ -4,11 +4,15 @@
 //! Every error knows its [`Side`] (who caused it) and whether a retry is safe,
 //! after Pingora's design; the status code, the problem type and the metric
 //! label all derive from its [`ErrorKind`].
+//!
+//! A gRPC request (`content-type: application/grpc...`) gets its errors as a
+//! gRPC trailers-only answer instead of problem+json (see [`ErrorStyle`]).
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use crate::proxy::body::ResponseBody;
 
@@ -161,10 +165,38 @@ impl ProxyError {
         self
     }
 
-    /// The problem+json response for this error. `detail` is never the internal
-    /// context: gateway errors must not leak upstream addresses.
-    pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
-        problem_response(self.kind, request_id)
+    /// The response for this error, shaped for the client: problem+json, or a
+    /// gRPC status. It never carries the internal context: gateway errors must
+    /// not leak upstream addresses.
+    pub fn to_response(
+        &self,
+        request_id: &HeaderValue,
+        style: ErrorStyle,
+    ) -> Response<ResponseBody> {
+        match style {
+            ErrorStyle::Problem => problem_response(self.kind, request_id),
+            ErrorStyle::Grpc => grpc_response(self.kind),
+        }
+    }
+}
+
+/// The shape of an error answer, chosen from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// An RFC 9457 `application/problem+json` document with the kind's status.
+    Problem,
+    /// A gRPC trailers-only answer: `200`, `grpc-status` and `grpc-message`.
+    Grpc,
+}
+
+impl ErrorStyle {
+    /// [`ErrorStyle::Grpc`] when the request's `content-type` starts with
+    /// `application/grpc` (which covers `application/grpc+proto` and the like).
+    pub fn of(headers: &HeaderMap) -> Self {
+        let grpc = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc { Self::Grpc } else { Self::Problem }
     }
 }
 
@@ -212,6 +244,51 @@ pub fn problem_response(kind: ErrorKind, request_id: &HeaderValue) -> Response<R
     resp
 }
 
+/// The gRPC status code for an HTTP status, per gRPC's "HTTP to gRPC Status
+/// Code Mapping" (doc/http-grpc-status-mapping.md); anything else is UNKNOWN.
+pub fn grpc_code(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec asks: bytes
+/// outside `%x20-%x7E`, and `%` itself, become `%XX`.
+pub fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Builds a gRPC trailers-only answer for `kind`: status 200, content-type
+/// `application/grpc`, `grpc-status` and `grpc-message` in the headers, and no
+/// body (so HTTP/2 ends the stream with this one HEADERS frame).
+pub fn grpc_response(kind: ErrorKind) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(grpc_code(kind.status())));
+    if let Ok(message) = HeaderValue::from_str(&grpc_percent_encode(kind.title())) {
+        headers.insert("grpc-message", message);
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +307,63 @@ mod tests {
         assert_eq!(ErrorKind::NoRoute.side(), Side::Client);
         assert_eq!(ProxyError::new(ErrorKind::ConnectFailed).retry, Retry::Safe);
         assert_eq!(ProxyError::new(ErrorKind::BadRequest).retry, Retry::Never);
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_http_mapping() {
+        let code = |k: ErrorKind| grpc_code(k.status());
+        assert_eq!(code(ErrorKind::NoRoute), 12);
+        assert_eq!(code(ErrorKind::BadRequest), 13);
+        assert_eq!(code(ErrorKind::ConnectFailed), 14);
+        assert_eq!(code(ErrorKind::UpstreamFailed), 14);
+        assert_eq!(code(ErrorKind::NoEndpoint), 14);
+        assert_eq!(code(ErrorKind::ConnectTimeout), 14);
+        assert_eq!(code(ErrorKind::UpstreamTimeout), 14);
+        assert_eq!(code(ErrorKind::Internal), 2);
+        assert_eq!(code(ErrorKind::UriTooLong), 2);
+        assert_eq!(grpc_code(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_code(StatusCode::FORBIDDEN), 7);
+        assert_eq!(grpc_code(StatusCode::TOO_MANY_REQUESTS), 14);
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_percent_encode("Upstream failed"), "Upstream failed");
+        assert_eq!(grpc_percent_encode("100% ok"), "100%25 ok");
+        assert_eq!(grpc_percent_encode("a\nb"), "a%0Ab");
+        assert_eq!(grpc_percent_encode("\u{e9}"), "%C3%A9");
+        assert_eq!(grpc_percent_encode("~\u{7f}"), "~%7F");
+    }
+
+    #[test]
+    fn grpc_requests_get_a_trailers_only_answer() {
+        let mut h = HeaderMap::new();
+        assert_eq!(ErrorStyle::of(&h), ErrorStyle::Problem);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert_eq!(ErrorStyle::of(&h), ErrorStyle::Problem);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert_eq!(ErrorStyle::of(&h), ErrorStyle::Grpc);
+
+        let id = HeaderValue::from_static("abc");
+        let resp = ProxyError::new(ErrorKind::ConnectFailed).to_response(&id, ErrorStyle::Grpc);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h["grpc-message"], "Upstream connection failed");
+        assert!(http_body::Body::is_end_stream(resp.body()));
+
+        let resp = ProxyError::new(ErrorKind::ConnectFailed).to_response(&id, ErrorStyle::Problem);
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
     }
 }

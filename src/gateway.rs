@@ -99,6 +99,32 @@ pub fn compile(
     workers: usize,
     previous: Option<&Gateway>,
 ) -> Result<Gateway, ConfigErrors> {
+    build(cfg, file, workers, previous, AccessLogMode::Start)
+}
+
+/// Compiles `cfg` like [`compile`], for `portico check`: without side effects.
+/// The access log is not opened and its writer not started (the snapshot has
+/// none); a file target only needs an existing folder.
+pub fn check(cfg: Config, file: &str, workers: usize) -> Result<Gateway, ConfigErrors> {
+    build(cfg, file, workers, None, AccessLogMode::Verify)
+}
+
+/// What compiling does with the access log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AccessLogMode {
+    /// Open the target and start the writer (or keep the previous one).
+    Start,
+    /// Only check that a file target's folder exists.
+    Verify,
+}
+
+fn build(
+    cfg: Config,
+    file: &str,
+    workers: usize,
+    previous: Option<&Gateway>,
+    log_mode: AccessLogMode,
+) -> Result<Gateway, ConfigErrors> {
     let mut errors = Vec::new();
 
     let mut upstreams = BTreeMap::new();
@@ -125,6 +151,7 @@ pub fn compile(
             })
             .map(|(index, r)| RouteSpec {
                 index,
+                name: &r.value.name.value,
                 matcher: &r.value.matcher,
                 priority: r.value.priority,
             })
@@ -160,13 +187,13 @@ pub fn compile(
 
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for (index, r) in cfg.routes.iter().enumerate() {
-        let captures = |p: &str| {
-            listeners
-                .iter()
-                .find_map(|l: &Listener| l.router.param_names(index))
-                .is_some_and(|mut names| names.any(|n| n == p))
-        };
-        match compile_route(&r.value, &upstreams, captures) {
+        // `None` when no router holds the route (its listener's router failed,
+        // already reported): its templates cannot be checked against the path.
+        let params: Option<Vec<&str>> = listeners
+            .iter()
+            .find_map(|l: &Listener| l.router.param_names(index))
+            .map(Iterator::collect);
+        match compile_route(&r.value, &upstreams, params.as_deref()) {
             Ok(route) => routes.push(route),
             Err(msg) => errors.push(ConfigError::at(file, &r.referenced, msg)),
         }
@@ -189,6 +216,19 @@ pub fn compile(
         .unwrap_or_else(|_| HeaderName::from_static("x-request-id"));
 
     let access_log = if !cfg.access_log.enabled {
+        None
+    } else if log_mode == AccessLogMode::Verify {
+        if let Err(reason) = verify_access_log_target(&cfg.access_log.target) {
+            errors.push(ConfigError {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "cannot open access log `{}`: {reason}",
+                    cfg.access_log.target
+                ),
+            });
+        }
         None
     } else if let Some(prev) = previous
         .filter(|p| p.config.access_log == cfg.access_log)
@@ -227,6 +267,22 @@ pub fn compile(
     })
 }
 
+/// What `portico check` verifies of an access log target without opening it:
+/// a file path must not be a folder, and its folder must exist.
+fn verify_access_log_target(target: &str) -> Result<(), String> {
+    if matches!(target, "stdout" | "stderr") {
+        return Ok(());
+    }
+    let path = std::path::Path::new(target);
+    if path.is_dir() {
+        return Err("it is a folder".into());
+    }
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(format!("folder `{}` does not exist", dir.display())),
+        _ => Ok(()),
+    }
+}
+
 /// Whether two upstream definitions are the same, ignoring where they were written.
 fn same_definition<T: serde::Serialize>(a: &T, b: &T) -> bool {
     match (serde_json::to_value(a), serde_json::to_value(b)) {
@@ -235,12 +291,46 @@ fn same_definition<T: serde::Serialize>(a: &T, b: &T) -> bool {
     }
 }
 
+/// Placeholders a redirect location always has; route parameters of the same
+/// name would be hidden by them.
+const REDIRECT_BUILTINS: [&str; 3] = ["path", "query", "host"];
+
+/// Checks that every placeholder of a redirect location is a built-in or a
+/// parameter the route's path captures, and that no parameter is hidden by a
+/// built-in.
+fn check_redirect(location: &Template, params: &[&str]) -> Result<(), String> {
+    if let Some(hidden) = params.iter().find(|p| REDIRECT_BUILTINS.contains(p)) {
+        return Err(format!(
+            "match.path parameter `{{{hidden}}}` is hidden by the redirect placeholder `{{{hidden}}}` (the request's {hidden}); rename the parameter"
+        ));
+    }
+    let Some(unknown) = location
+        .names()
+        .find(|n| !REDIRECT_BUILTINS.contains(n) && !params.contains(n))
+    else {
+        return Ok(());
+    };
+    let captured = if params.is_empty() {
+        "match.path captures no parameter".to_owned()
+    } else {
+        let names: Vec<String> = params.iter().map(|p| format!("`{{{p}}}`")).collect();
+        format!("match.path captures {}", names.join(", "))
+    };
+    Err(format!(
+        "redirect location uses `{{{unknown}}}`, which is not `{{path}}`, `{{query}}`, `{{host}}` or a parameter of the route ({captured})"
+    ))
+}
+
+/// Compiles one route's filters and action. `params` are the parameters its
+/// path captures, `None` when unknown (its matcher failed to compile), in which
+/// case templates are not checked against them.
 fn compile_route(
     r: &RouteConfig,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
-    captures: impl Fn(&str) -> bool,
+    params: Option<&[&str]>,
 ) -> Result<Route, String> {
     let name = r.name.value.as_str();
+    let captures = |p: &str| params.is_none_or(|names| names.contains(&p));
     let mut filters = Vec::new();
     if let Some(rw) = &r.rewrite {
         filters.push(Filter::Rewrite(
@@ -261,7 +351,12 @@ fn compile_route(
         }
         (None, Some(rd), None) => Action::Redirect {
             location: Template::parse(&rd.location)
-                .map_err(|e| format!("route `{name}`: redirect location: {e}"))?,
+                .map_err(|e| format!("redirect location: {e}"))
+                .and_then(|t| match params {
+                    Some(params) => check_redirect(&t, params).map(|()| t),
+                    None => Ok(t),
+                })
+                .map_err(|e| format!("route `{name}`: {e}"))?,
             status: StatusCode::from_u16(rd.status)
                 .ok()
                 .filter(StatusCode::is_redirection)
@@ -296,4 +391,97 @@ fn compile_route(
         filters: filters.into(),
         action,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Compiles a config with one listener; the errors as text, or `None`.
+    fn errors(routes: &str) -> Option<String> {
+        let yaml = format!(
+            "access_log: {{ enabled: false }}\nlisteners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n{routes}"
+        );
+        let cfg = crate::config::load_str(&yaml, "t.yaml").unwrap();
+        check(cfg, "t.yaml", 1).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn redirect_placeholders_must_be_built_ins_or_route_params() {
+        let ok = "  - name: r\n    match: { path: \"/u/{id}/{*rest}\" }\n    redirect: { location: \"https://{host}/v2/{id}/{rest}{query}?from={path}\" }\n";
+        assert_eq!(errors(ok), None);
+
+        let unknown = "  - name: r\n    match: { path: \"/u/{id}\" }\n    redirect: { location: \"/v2/{ident}\" }\n";
+        let e = errors(unknown).unwrap();
+        assert!(e.starts_with("t.yaml:4:5: route `r`: "), "{e}");
+        assert!(e.contains("uses `{ident}`"), "{e}");
+        assert!(e.contains("match.path captures `{id}`"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+
+        let no_params =
+            "  - name: r\n    match: { prefix: /old }\n    redirect: { location: \"/new/{id}\" }\n";
+        let e = errors(no_params).unwrap();
+        assert!(e.contains("uses `{id}`"), "{e}");
+        assert!(e.contains("captures no parameter"), "{e}");
+    }
+
+    #[test]
+    fn route_params_hidden_by_redirect_built_ins_are_errors() {
+        for name in REDIRECT_BUILTINS {
+            let route = format!(
+                "  - name: r\n    match: {{ path: \"/a/{{{name}}}\" }}\n    redirect: {{ location: \"/b\" }}\n"
+            );
+            let e = errors(&route).unwrap();
+            assert!(
+                e.contains(&format!("parameter `{{{name}}}` is hidden")),
+                "{e}"
+            );
+        }
+        // Outside redirects, such names are fine.
+        let respond =
+            "  - name: r\n    match: { path: \"/a/{host}\" }\n    respond: { status: 204 }\n";
+        assert_eq!(errors(respond), None);
+    }
+
+    #[test]
+    fn templates_of_a_route_whose_matcher_failed_are_not_checked() {
+        let routes = "  - name: bad\n    match: { regex: \"(\" }\n    respond: { status: 204 }\n  - name: r\n    match: { path: \"/u/{id}\" }\n    redirect: { location: \"/v/{id}\" }\n";
+        let e = errors(routes).unwrap();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("route `bad`: match.regex"), "{e}");
+    }
+
+    #[test]
+    fn check_does_not_open_the_access_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("access.log");
+        let yaml = format!(
+            "access_log: {{ target: \"{}\" }}\nlisteners: [{{ name: main, address: \"127.0.0.1:0\" }}]\n",
+            target.display()
+        );
+        let gw = check(
+            crate::config::load_str(&yaml, "t.yaml").unwrap(),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert!(gw.access_log.is_none());
+        assert!(!target.exists());
+
+        let missing = dir.path().join("missing").join("access.log");
+        let yaml = yaml.replace(
+            &target.display().to_string(),
+            &missing.display().to_string(),
+        );
+        let e = check(
+            crate::config::load_str(&yaml, "t.yaml").unwrap(),
+            "t.yaml",
+            1,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
 }

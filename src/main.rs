@@ -1,6 +1,6 @@
 //! The `portico` command line: `run`, `check`, `--version`.
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -38,14 +38,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match &cli.log_level {
-        Some(l) => EnvFilter::try_new(l),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    };
-    let filter = match filter {
+    let filter = match log_filter(cli.log_level.as_deref()) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("invalid log level: {e}");
+        Err(message) => {
+            eprintln!("{message}");
             return ExitCode::from(2);
         }
     };
@@ -69,6 +65,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log filter: `--log-level`, else `RUST_LOG`, else `info`. An invalid
+/// value of either is an error, never silently replaced.
+fn log_filter(flag: Option<&str>) -> Result<EnvFilter, String> {
+    if let Some(level) = flag {
+        return EnvFilter::try_new(level)
+            .map_err(|e| format!("invalid --log-level `{level}`: {e}"));
+    }
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(level) => EnvFilter::try_new(&level)
+            .map_err(|e| format!("invalid {} `{level}`: {e}", EnvFilter::DEFAULT_ENV)),
+        Err(std::env::VarError::NotPresent) => Ok(EnvFilter::new("info")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "invalid {}: not valid UTF-8",
+            EnvFilter::DEFAULT_ENV
+        )),
+    }
+}
+
 fn load(path: &Path) -> Option<Config> {
     match config::load_file(path) {
         Ok(cfg) => Some(cfg),
@@ -85,29 +99,44 @@ fn check(path: &Path) -> ExitCode {
     };
     let workers = portico::server::worker_count(&cfg);
     let file = path.display().to_string();
-    let gw = match portico::gateway::compile(cfg, &file, workers, None) {
+    // Compiled without side effects: the access log is not opened.
+    let gw = match portico::gateway::check(cfg, &file, workers) {
         Ok(gw) => gw,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::FAILURE;
         }
     };
-    println!("{file}: ok");
-    println!("listeners:");
-    for l in gw.listeners.iter() {
-        println!("  {} on {}", l.name, l.address);
+    match summary(&mut io::stdout().lock(), &file, &gw) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`portico check | head`): the check itself passed.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the summary: {e}");
+            ExitCode::FAILURE
+        }
     }
-    println!("upstreams:");
+}
+
+/// Writes what a checked config defines.
+fn summary(out: &mut impl Write, file: &str, gw: &portico::gateway::Gateway) -> io::Result<()> {
+    writeln!(out, "{file}: ok")?;
+    writeln!(out, "listeners:")?;
+    for l in gw.listeners.iter() {
+        writeln!(out, "  {} on {}", l.name, l.address)?;
+    }
+    writeln!(out, "upstreams:")?;
     for (name, up) in &gw.upstreams {
         let eps: Vec<&str> = up.endpoints.iter().map(|e| &*e.address).collect();
-        println!(
+        writeln!(
+            out,
             "  {name}: {} ({:?}, {:?})",
             eps.join(", "),
             up.config.balance,
             up.config.protocol
-        );
+        )?;
     }
-    println!("routes:");
+    writeln!(out, "routes:")?;
     for r in gw.config.routes.iter() {
         let r = &r.value;
         let action = match (&r.upstream, &r.redirect, &r.respond) {
@@ -116,7 +145,7 @@ fn check(path: &Path) -> ExitCode {
             (_, _, Some(rs)) => format!("respond {}", rs.status),
             _ => "nothing".into(),
         };
-        println!("  {}: {}", r.name.value, action);
+        writeln!(out, "  {}: {}", r.name.value, action)?;
     }
-    ExitCode::SUCCESS
+    out.flush()
 }

@@ -15,7 +15,7 @@ use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ErrorStyle, ProxyError};
 use crate::filters::Flow;
 use crate::gateway::{Action, Gateway, Route};
 use crate::observe::{Exchange, request_id};
@@ -67,19 +67,12 @@ pub async fn handle(
         _ => request_id::generate(),
     };
     let mut exchange = Exchange::new(gw.access_log.clone(), started);
-    if exchange.wants_details() {
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        exchange.set_request(
-            req.method(),
-            request_host(&req).unwrap_or(""),
-            pq,
-            conn.peer,
-            &request_id,
-        );
-    }
     let client_ip = gw.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
-    if let Some(c) = exchange.record.client.as_mut() {
-        c.set_ip(client_ip);
+    if exchange.record().is_some() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let client = SocketAddr::new(client_ip, conn.peer.port());
+        let host = request_host(&req).unwrap_or("");
+        exchange.set_request(req.method(), host, pq, client, &request_id);
     }
     let mut ctx = RequestCtx {
         conn,
@@ -90,6 +83,7 @@ pub async fn handle(
         exchange,
     };
 
+    let error_style = ErrorStyle::of(req.headers());
     let flaw = match req.version() {
         Version::HTTP_10 | Version::HTTP_11 => ctx.conn.verdicts.next_request(),
         _ => None,
@@ -109,14 +103,16 @@ pub async fn handle(
             _ => tracing::warn!(error = %e, request_id = ?request_id, "request failed"),
         }
         exchange.note_error(format_args!("{e}"));
-        e.to_response(&request_id)
+        e.to_response(&request_id, error_style)
     });
     if flaw.is_some() {
         // The connection's framing can no longer be trusted.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    exchange.record.status = resp.status().as_u16();
+    if let Some(r) = exchange.record() {
+        r.status = resp.status().as_u16();
+    }
     resp.headers_mut()
         .insert(gw.request_id_header.clone(), request_id);
     resp.body_mut().set_exchange(exchange);
@@ -130,8 +126,8 @@ async fn route_and_run(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(gw, &req)?;
     let route = find_route(gw, &req, ctx)?;
-    if ctx.exchange.wants_details() {
-        ctx.exchange.record.route = Some(route.name.clone());
+    if let Some(r) = ctx.exchange.record() {
+        r.route = Some(route.name.clone());
     }
     for f in route.filters.iter() {
         if let Flow::Respond(resp) = f.on_request(&mut req, ctx) {
@@ -139,7 +135,8 @@ async fn route_and_run(
         }
     }
     match &route.action {
-        Action::Proxy(upstream) => forward::forward(gw, upstream, req, ctx).await,
+        // Boxed so the (large) forwarding state is not part of every request's future.
+        Action::Proxy(upstream) => Box::pin(forward::forward(gw, upstream, req, ctx)).await,
         Action::Respond {
             status,
             headers,

@@ -307,3 +307,78 @@ routes:
         Some("from-client")
     );
 }
+
+// ---- errors made by the gateway ---------------------------------------------
+
+/// An address that refuses connections: bound, then closed.
+fn refusing_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn refused_upstream_is_unavailable_for_a_grpc_client() {
+    let mut gw = Gateway::start(&config(refusing_addr()));
+    let mut client = grpc::client(gw.addr("main")).await;
+
+    let status = timeout(LIMIT, grpc::unary(&mut client, request("hello", 0, 0)))
+        .await
+        .expect("call timed out")
+        .expect_err("the upstream refuses connections");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "Upstream connection failed", "{status:?}");
+    assert!(
+        status.metadata().contains_key("x-request-id"),
+        "{:?}",
+        status.metadata()
+    );
+}
+
+#[tokio::test]
+async fn no_route_is_unimplemented_for_a_grpc_client() {
+    let up = grpc::start().await;
+    let yaml = config(up.addr).replace("prefix: /test.Echo", "prefix: /other.Service");
+    let mut gw = Gateway::start(&yaml);
+    let mut client = grpc::client(gw.addr("main")).await;
+
+    let status = timeout(LIMIT, grpc::unary(&mut client, request("hello", 0, 0)))
+        .await
+        .expect("call timed out")
+        .expect_err("no route matches");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "No route matches the request",
+        "{status:?}"
+    );
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn gateway_errors_are_trailers_only_for_grpc_and_problems_otherwise() {
+    let mut gw = Gateway::start(&config(refusing_addr()));
+    let addr = gw.addr("main");
+    let call = |content_type: &'static str| {
+        Request::post(format!("http://{addr}{}", grpc::UNARY))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+
+    for content_type in ["application/grpc", "application/grpc+proto"] {
+        let r = support::send_h2(addr, call(content_type)).await;
+        assert_eq!(r.status, 200, "{content_type}");
+        assert_eq!(r.header("content-type"), Some("application/grpc"));
+        assert_eq!(r.header("grpc-status"), Some("14"));
+        assert_eq!(r.header("grpc-message"), Some("Upstream connection failed"));
+        assert!(r.header("x-request-id").is_some());
+        assert!(r.body.is_empty(), "{:?}", r.text());
+    }
+
+    // Anything else still gets the problem document.
+    let r = support::send_h2(addr, call("application/json")).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert!(r.header("grpc-status").is_none());
+}

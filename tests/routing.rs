@@ -543,3 +543,107 @@ fn check_accepts_a_good_config_and_prints_a_summary() {
         );
     }
 }
+
+#[test]
+fn check_rejects_an_unknown_redirect_placeholder() {
+    let c = check(&format!(
+        "{HEAD}  - name: old-user
+    match: {{ path: \"/users/{{id}}\" }}
+    redirect: {{ location: \"/members/{{user}}{{query}}\" }}
+"
+    ));
+    assert_eq!(c.code, Some(1), "{}", c.stderr);
+    let want = format!("{}:8:5: route `old-user`: ", c.path);
+    assert!(c.stderr.contains(&want), "want {want:?} in:\n{}", c.stderr);
+    assert!(c.stderr.contains("`{user}`"), "{}", c.stderr);
+    assert!(!c.stdout.contains(": ok"), "{}", c.stdout);
+}
+
+#[test]
+fn check_rejects_a_route_param_hidden_by_a_redirect_built_in() {
+    let c = check(&format!(
+        "{HEAD}  - name: by-host
+    match: {{ path: \"/to/{{host}}\" }}
+    redirect: {{ location: \"https://{{host}}/\" }}
+"
+    ));
+    assert_eq!(c.code, Some(1), "{}", c.stderr);
+    let want = format!("{}:8:5: route `by-host`: ", c.path);
+    assert!(c.stderr.contains(&want), "want {want:?} in:\n{}", c.stderr);
+    assert!(
+        c.stderr.contains("parameter `{host}` is hidden"),
+        "{}",
+        c.stderr
+    );
+}
+
+#[test]
+fn check_names_the_first_route_of_a_duplicate_and_folds_regex_errors() {
+    let c = check(&format!(
+        "{HEAD}  - name: first
+    match: {{ path: /same }}
+    upstream: api
+  - name: second
+    match: {{ path: /same }}
+    upstream: api
+  - name: broken
+    match: {{ regex: \"/a(b\" }}
+    upstream: api
+"
+    ));
+    assert_eq!(c.code, Some(1), "{}", c.stderr);
+    assert!(
+        c.stderr.contains(&format!(
+            "{}:11:5: route `second` has the same matcher as route `first`;",
+            c.path
+        )),
+        "{}",
+        c.stderr
+    );
+    assert!(
+        c.stderr.contains(&format!(
+            "{}:14:5: route `broken`: match.regex: invalid regex `/a(b`: unclosed group (at character 3)",
+            c.path
+        )),
+        "{}",
+        c.stderr
+    );
+    // One line per error, each with its place.
+    for line in c.stderr.lines() {
+        assert!(
+            line.starts_with(&c.path),
+            "stray line {line:?} in:\n{}",
+            c.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn case_insensitive_regexes_in_path_and_headers() {
+    let (_gw, addr) = start(&[
+        route("ci-path", "regex: \"(?i)/docs/[a-z]+\""),
+        route(
+            "ci-header",
+            "path: /env, headers: [{ name: x-env, regex: \"(?i)prod\" }]",
+        ),
+    ]);
+    for path in ["/docs/intro", "/DOCS/Intro", "/Docs/INTRO"] {
+        assert_eq!(
+            winner(addr, "GET", "h.test", path, &[]).await,
+            "ci-path",
+            "{path}"
+        );
+    }
+    assert_eq!(winner(addr, "GET", "h.test", "/docs/1", &[]).await, "404");
+    for value in ["prod", "PROD", "pRoD"] {
+        assert_eq!(
+            winner(addr, "GET", "h.test", "/env", &[("x-env", value)]).await,
+            "ci-header",
+            "{value}"
+        );
+    }
+    assert_eq!(
+        winner(addr, "GET", "h.test", "/env", &[("x-env", "production")]).await,
+        "404"
+    );
+}

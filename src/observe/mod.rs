@@ -16,17 +16,16 @@ pub use access_log::AccessLog;
 
 /// What is known about one request; written to the access log when dropped,
 /// which happens when its response body is done (or the client went away).
-pub struct Exchange {
-    sink: Option<AccessLog>,
+/// With the access log off it is a null pointer, so it costs nothing to carry.
+#[derive(Default)]
+pub struct Exchange(Option<Box<Logged>>);
+
+struct Logged {
+    sink: AccessLog,
     started: Instant,
-    /// The record that will be written.
-    pub record: Record,
-    /// Bytes of request body read from the client, when it had one.
-    pub bytes_in: Option<Arc<AtomicU64>>,
-    /// Bytes of response body sent.
-    pub bytes_out: u64,
-    /// False when the response body did not finish.
-    pub completed: bool,
+    record: Record,
+    bytes_in: Option<Arc<AtomicU64>>,
+    completed: bool,
 }
 
 /// One access log line.
@@ -63,21 +62,22 @@ pub struct Record {
 }
 
 impl Exchange {
-    /// Starts a record; `sink` None means nothing is written.
+    /// Starts a record; `sink` None means nothing is recorded or written.
     pub fn new(sink: Option<AccessLog>, started: Instant) -> Self {
-        Self {
-            sink,
-            started,
-            record: Record::default(),
-            bytes_in: None,
-            bytes_out: 0,
-            completed: true,
-        }
+        Self(sink.map(|sink| {
+            Box::new(Logged {
+                sink,
+                started,
+                record: Record::default(),
+                bytes_in: None,
+                completed: true,
+            })
+        }))
     }
 
-    /// Whether the details are wanted (the access log is on).
-    pub fn wants_details(&self) -> bool {
-        self.sink.is_some()
+    /// The record to fill in, when the access log is on.
+    pub fn record(&mut self) -> Option<&mut Record> {
+        self.0.as_mut().map(|l| &mut l.record)
     }
 
     /// Fills in the request's fields.
@@ -89,10 +89,9 @@ impl Exchange {
         client: SocketAddr,
         request_id: &HeaderValue,
     ) {
-        if self.sink.is_none() {
+        let Some(r) = self.record() else {
             return;
-        }
-        let r = &mut self.record;
+        };
         r.time = Some(SystemTime::now());
         r.method = method.as_str().to_owned();
         r.host = host.to_owned();
@@ -101,27 +100,49 @@ impl Exchange {
         r.request_id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
     }
 
+    /// A counter for request body bytes, when the access log wants it.
+    pub fn bytes_in_counter(&mut self) -> Option<Arc<AtomicU64>> {
+        let l = self.0.as_mut()?;
+        Some(l.bytes_in.get_or_insert_with(Default::default).clone())
+    }
+
+    /// Adds response body bytes sent.
+    pub fn add_bytes_out(&mut self, n: usize) {
+        if let Some(r) = self.record() {
+            r.bytes_out += n as u64;
+        }
+    }
+
+    /// Marks whether the response body finished.
+    pub fn set_completed(&mut self, completed: bool) {
+        if let Some(l) = self.0.as_mut() {
+            l.completed = completed;
+        }
+    }
+
     /// Records an error's detail.
     pub fn note_error(&mut self, detail: fmt::Arguments<'_>) {
-        if self.sink.is_some() {
-            self.record.error = Some(detail.to_string());
+        if let Some(r) = self.record() {
+            r.error = Some(detail.to_string());
         }
     }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let Some(sink) = self.sink.take() else {
+        let Some(logged) = self.0.take() else {
             return;
         };
-        let mut record = std::mem::take(&mut self.record);
-        record.duration = self.started.elapsed();
-        record.bytes_out = self.bytes_out;
-        record.bytes_in = self
-            .bytes_in
-            .as_ref()
-            .map_or(0, |c| c.load(Ordering::Relaxed));
-        if !self.completed && record.error.is_none() {
+        let Logged {
+            sink,
+            started,
+            mut record,
+            bytes_in,
+            completed,
+        } = *logged;
+        record.duration = started.elapsed();
+        record.bytes_in = bytes_in.map_or(0, |c| c.load(Ordering::Relaxed));
+        if !completed && record.error.is_none() {
             record.error = Some("response not completed".into());
         }
         sink.write(record);

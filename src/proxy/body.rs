@@ -158,7 +158,7 @@ pub struct ResponseBody {
     kind: Kind,
     idle: IdleTimer,
     lease: Option<Lease>,
-    exchange: Option<Exchange>,
+    exchange: Exchange,
     ended: bool,
 }
 
@@ -172,9 +172,7 @@ impl Drop for ResponseBody {
         if let Some(lease) = self.lease.take() {
             lease.finish(clean);
         }
-        if let Some(mut ex) = self.exchange.take() {
-            ex.completed = clean;
-        }
+        self.exchange.set_completed(clean);
     }
 }
 
@@ -204,25 +202,14 @@ impl ResponseBody {
             kind,
             idle: IdleTimer::new(idle),
             lease: None,
-            exchange: None,
+            exchange: Exchange::default(),
             ended: false,
         }
     }
 
     /// Attaches the request's record; it is logged when this body is done.
     pub fn set_exchange(&mut self, exchange: Exchange) {
-        self.exchange = Some(exchange);
-    }
-
-    /// The attached record, to fill in before the body is sent.
-    pub fn exchange_mut(&mut self) -> Option<&mut Exchange> {
-        self.exchange.as_mut()
-    }
-
-    fn count(exchange: &mut Option<Exchange>, n: usize) {
-        if let Some(ex) = exchange {
-            ex.bytes_out += n as u64;
-        }
+        self.exchange = exchange;
     }
 }
 
@@ -239,7 +226,7 @@ impl Body for ResponseBody {
             Kind::Full(data) => {
                 let next = data.take();
                 if let Some(d) = &next {
-                    Self::count(&mut this.exchange, d.len());
+                    this.exchange.add_bytes_out(d.len());
                 } else {
                     this.ended = true;
                 }
@@ -249,14 +236,12 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     this.idle.touch();
                     if let Some(d) = frame.data_ref() {
-                        Self::count(&mut this.exchange, d.len());
+                        this.exchange.add_bytes_out(d.len());
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    if let Some(ex) = this.exchange.as_mut() {
-                        ex.note_error(format_args!("upstream body: {e}"));
-                    }
+                    this.exchange.note_error(format_args!("upstream body: {e}"));
                     Poll::Ready(Some(Err(e.into())))
                 }
                 Poll::Ready(None) => {
@@ -269,9 +254,8 @@ impl Body for ResponseBody {
                 Poll::Pending => {
                     if this.idle.poll_expired(cx) {
                         let timeout = this.idle.timeout;
-                        if let Some(ex) = this.exchange.as_mut() {
-                            ex.note_error(format_args!("upstream body idle for {timeout:?}"));
-                        }
+                        this.exchange
+                            .note_error(format_args!("upstream body idle for {timeout:?}"));
                         return Poll::Ready(Some(Err(IdleTimeout(timeout).into())));
                     }
                     Poll::Pending

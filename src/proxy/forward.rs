@@ -2,7 +2,6 @@
 //! the upstream's answer into the client's, including WebSocket upgrades.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
@@ -88,10 +87,11 @@ pub async fn forward(
         }
     }
 
-    let counter = (!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
-    if ctx.exchange.wants_details() {
-        ctx.exchange.bytes_in = counter.clone();
-    }
+    let counter = if body.is_end_stream() {
+        None
+    } else {
+        ctx.exchange.bytes_in_counter()
+    };
     let body = RequestBody::new(body, counter, upstream.config.timeouts.idle.0);
     let sent_at = Instant::now();
     let sent = pool::send(
@@ -106,9 +106,9 @@ pub async fn forward(
         lease,
         addr,
     } = sent?;
-    if ctx.exchange.wants_details() {
-        ctx.exchange.record.upstream = Some(addr);
-        ctx.exchange.record.upstream_duration = Some(sent_at.elapsed());
+    if let Some(r) = ctx.exchange.record() {
+        r.upstream = Some(addr);
+        r.upstream_duration = Some(sent_at.elapsed());
     }
 
     let (mut parts, body) = response.into_parts();

@@ -257,14 +257,64 @@ fn anchored(pattern: &str) -> String {
 /// Compiles a whole-path regex.
 pub(crate) fn compile_path_regex(pattern: &str) -> Result<regex::Regex, String> {
     // Check the pattern on its own first: wrapping could hide unbalanced groups.
-    regex::Regex::new(pattern).map_err(|e| format!("invalid regex `{pattern}`: {e}"))?;
-    regex::Regex::new(&anchored(pattern)).map_err(|e| format!("invalid regex `{pattern}`: {e}"))
+    regex::Regex::new(pattern).map_err(|e| regex_error(pattern, &e, true))?;
+    regex::Regex::new(&anchored(pattern)).map_err(|e| regex_error(pattern, &e, false))
 }
 
 fn compile_value_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
-    regex::bytes::Regex::new(pattern).map_err(|e| format!("invalid regex `{pattern}`: {e}"))?;
-    regex::bytes::Regex::new(&anchored(pattern))
-        .map_err(|e| format!("invalid regex `{pattern}`: {e}"))
+    regex::bytes::Regex::new(pattern).map_err(|e| regex_error(pattern, &e, true))?;
+    regex::bytes::Regex::new(&anchored(pattern)).map_err(|e| regex_error(pattern, &e, false))
+}
+
+/// One line for a regex error. The regex crate explains a syntax error over
+/// several lines (the pattern, a `^` line under the fault, `error: reason`);
+/// this keeps the reason and, when the pattern is one line with one marked
+/// span, the character (1-based) where the fault starts. `own` says whether
+/// `err` came from `pattern` itself, not from a wrapped copy (whose positions
+/// are shifted).
+pub(crate) fn regex_error(pattern: &str, err: &regex::Error, own: bool) -> String {
+    let shown = one_line(pattern);
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(at) = lines.iter().rposition(|l| l.starts_with("error: ")) else {
+        return format!("invalid regex `{shown}`: {}", one_line(&text));
+    };
+    let reason = lines[at..]
+        .iter()
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l).trim())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // A one-line pattern is shown on line 1, indented by 4 spaces, and the
+    // `^` marks on line 2 at the same indent.
+    let column = lines[..at]
+        .get(2)
+        .filter(|_| own && !pattern.contains('\n'))
+        .filter(|marks| marks.chars().all(|c| c == ' ' || c == '^'))
+        .filter(|marks| marks.split(' ').filter(|s| !s.is_empty()).count() == 1)
+        .and_then(|marks| marks.find('^'))
+        .and_then(|i| i.checked_sub(3));
+    match column {
+        Some(c) => format!("invalid regex `{shown}`: {reason} (at character {c})"),
+        None => format!("invalid regex `{shown}`: {reason}"),
+    }
+}
+
+/// `text` with control characters escaped (`\n`, `\t`, `\u{1b}`), so that
+/// an error message stays on one line.
+pub(crate) fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl PathMatcher {

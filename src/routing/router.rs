@@ -59,7 +59,7 @@ use http::{HeaderMap, Method};
 
 use super::matcher::{
     HeaderCond, HostPattern, PathMatcher, QueryCond, TemplateInfo, analyse_template,
-    compile_path_regex, compile_template, parse_method, wildcard_matches,
+    compile_path_regex, compile_template, one_line, parse_method, wildcard_matches,
 };
 use crate::config::schema::{MatchConfig, ValueMatch};
 
@@ -68,6 +68,8 @@ use crate::config::schema::{MatchConfig, ValueMatch};
 pub struct RouteSpec<'a> {
     /// Caller's identifier, returned in [`RouteMatch::index`] and [`BuildError::index`].
     pub index: usize,
+    /// The route's name, used in error messages.
+    pub name: &'a str,
     /// What the request must look like.
     pub matcher: &'a MatchConfig,
     /// Explicit priority; `None` counts as `0`.
@@ -79,7 +81,8 @@ pub struct RouteSpec<'a> {
 pub struct BuildError {
     /// [`RouteSpec::index`] of the offending route.
     pub index: usize,
-    /// What is wrong, naming the field (`match.path: ...`).
+    /// What is wrong, on one line, naming the route and the field
+    /// (``route `api`: match.path: ...``).
     pub message: String,
 }
 
@@ -494,7 +497,7 @@ impl Router {
     pub fn build(routes: &[RouteSpec<'_>]) -> Result<Router, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut compiled = Vec::with_capacity(routes.len());
-        let mut seen: HashMap<MatcherKey, usize> = HashMap::new();
+        let mut seen: HashMap<MatcherKey, &str> = HashMap::new();
         if u32::try_from(routes.len()).is_err() {
             return Err(vec![BuildError {
                 index: routes.last().map_or(0, |r| r.index),
@@ -507,18 +510,19 @@ impl Router {
                     if let Some(&first) = seen.get(&key) {
                         errors.push(BuildError {
                             index: spec.index,
-                            message: format!(
-                                "route has the same matcher as route #{first}; give one a different match or a priority"
-                            ),
+                            message: one_line(&format!(
+                                "route `{}` has the same matcher as route `{first}`; give one a different match or a priority",
+                                spec.name
+                            )),
                         });
                     } else {
-                        seen.insert(key, spec.index);
+                        seen.insert(key, spec.name);
                     }
                     compiled.push(route);
                 }
                 Err(messages) => errors.extend(messages.into_iter().map(|message| BuildError {
                     index: spec.index,
-                    message,
+                    message: one_line(&format!("route `{}`: {message}", spec.name)),
                 })),
             }
         }

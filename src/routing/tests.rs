@@ -17,14 +17,18 @@ fn matcher(yaml: &str) -> MatchConfig {
     serde_saphyr::from_str(yaml).unwrap()
 }
 
+/// Builds `routes`, named `r0`, `r1`, ... by position.
 fn try_build(routes: &[R]) -> Result<Router, Vec<BuildError>> {
     let matchers: Vec<MatchConfig> = routes.iter().map(|r| matcher(r.0)).collect();
+    let names: Vec<String> = (0..routes.len()).map(|i| format!("r{i}")).collect();
     let specs: Vec<RouteSpec<'_>> = matchers
         .iter()
         .zip(routes)
+        .zip(&names)
         .enumerate()
-        .map(|(index, (m, r))| RouteSpec {
+        .map(|(index, ((m, r), name))| RouteSpec {
             index,
+            name,
             matcher: m,
             priority: r.1,
         })
@@ -511,7 +515,7 @@ fn identical_matchers_are_rejected_on_the_later_route() {
         [BuildError {
             index: 2,
             message:
-                "route has the same matcher as route #0; give one a different match or a priority"
+                "route `r2` has the same matcher as route `r0`; give one a different match or a priority"
                     .into()
         }]
     );
@@ -523,7 +527,7 @@ fn duplicate_detection_normalises_sets_and_sugar() {
         let e = build_errors(&[R(a, None), R(b, None)]);
         assert_eq!(e.len(), 1, "{a} / {b}: {e:?}");
         assert_eq!(e[0].index, 1);
-        assert!(e[0].message.contains("same matcher as route #0"));
+        assert!(e[0].message.contains("same matcher as route `r0`"));
     };
     dup("{}", "{}");
     dup("path: /api/*", "prefix: /api");
@@ -565,11 +569,16 @@ fn similar_but_different_matchers_are_accepted() {
 
 // ---- build errors -----------------------------------------------------------
 
+/// The one error of route `r1` built from `yaml`, without the `route `r1`: ` lead.
 fn single_error(yaml: &'static str) -> String {
     let e = build_errors(&[R("path: /fine", None), R(yaml, None)]);
     assert_eq!(e.len(), 1, "{yaml}: {e:?}");
     assert_eq!(e[0].index, 1);
-    e[0].message.clone()
+    assert!(!e[0].message.contains('\n'), "{:?}", e[0].message);
+    match e[0].message.strip_prefix("route `r1`: ") {
+        Some(m) => m.to_owned(),
+        None => panic!("message does not name the route: {}", e[0].message),
+    }
 }
 
 #[test]
@@ -602,6 +611,49 @@ fn invalid_regexes() {
         m.starts_with("match.query: query parameter `q`: invalid regex"),
         "{m}"
     );
+}
+
+#[test]
+fn regex_errors_are_one_line_with_the_reason_and_position() {
+    let m = single_error("regex: '/a(b'");
+    assert_eq!(
+        m,
+        "match.regex: invalid regex `/a(b`: unclosed group (at character 3)"
+    );
+    let m = single_error(r"headers: [{name: x, regex: 'a\qb'}]");
+    assert_eq!(
+        m,
+        r"match.headers: header `x`: invalid regex `a\qb`: unrecognized escape sequence (at character 2)"
+    );
+    // Two marked spans: the reason only.
+    let m = single_error("regex: '(?P<n>a)(?P<n>b)'");
+    assert_eq!(
+        m,
+        "match.regex: invalid regex `(?P<n>a)(?P<n>b)`: duplicate capture group name"
+    );
+    // A pattern with a line break is shown escaped.
+    let m = single_error("regex: \"/x\\n(\"");
+    assert_eq!(m, r"match.regex: invalid regex `/x\n(`: unclosed group");
+}
+
+#[test]
+fn messages_with_control_characters_stay_on_one_line() {
+    let m = single_error("host: \"a\\nb.example\"");
+    assert!(m.starts_with(r"match.host: host `a\nb.example`"), "{m}");
+}
+
+#[test]
+fn case_insensitive_regexes() {
+    let r = build(&[R("regex: '(?i)/docs/.*'", None)]);
+    assert_eq!(hit(&r, "h /docs/a"), Some(0));
+    assert_eq!(hit(&r, "h /DOCS/a"), Some(0));
+    assert_eq!(hit(&r, "h /doc/a"), None);
+    let r = build(&[R("headers: [{name: x-env, regex: '(?i)prod'}]", None)]);
+    assert_eq!(route(&r, req("h /").header("x-env", "PROD")), Some(0));
+    assert_eq!(route(&r, req("h /").header("x-env", "pRoD")), Some(0));
+    assert_eq!(route(&r, req("h /").header("x-env", "prod2")), None);
+    let r = build(&[R("query: [{name: q, regex: '(?i)yes'}]", None)]);
+    assert_eq!(hit(&r, "h /?q=YES"), Some(0));
 }
 
 #[test]
@@ -687,11 +739,13 @@ fn spec_index_is_reported_not_position() {
     let specs = [
         RouteSpec {
             index: 7,
+            name: "seven",
             matcher: &ms[0],
             priority: None,
         },
         RouteSpec {
             index: 3,
+            name: "three",
             matcher: &ms[1],
             priority: None,
         },
@@ -704,12 +758,16 @@ fn spec_index_is_reported_not_position() {
         specs[0],
         RouteSpec {
             index: 9,
+            name: "nine",
             ..specs[0]
         },
     ];
     let e = Router::build(&dup).unwrap_err();
     assert_eq!(e[0].index, 9);
-    assert!(e[0].message.contains("route #7"), "{}", e[0].message);
+    assert_eq!(
+        e[0].message,
+        "route `nine` has the same matcher as route `seven`; give one a different match or a priority"
+    );
 }
 
 #[test]

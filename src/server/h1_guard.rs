@@ -157,6 +157,18 @@ impl Scanner {
                         St::ChunkData(n - take)
                     };
                 }
+                st if self.skips_to_newline(st) => {
+                    // Nothing before the end of this line matters: jump to it.
+                    let n = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
+                    if Self::in_head(st) {
+                        self.head_bytes += n as u64;
+                    }
+                    bytes = &bytes[n..];
+                    if let Some((&b, rest)) = bytes.split_first() {
+                        self.step(b, verdicts);
+                        bytes = rest;
+                    }
+                }
                 _ => {
                     self.step(bytes[0], verdicts);
                     bytes = &bytes[1..];
@@ -165,11 +177,26 @@ impl Scanner {
         }
     }
 
-    fn step(&mut self, b: u8, verdicts: &Verdicts) {
-        if matches!(
-            self.st,
+    /// States in which every byte up to the next `\n` is skipped.
+    fn skips_to_newline(&self, st: St) -> bool {
+        match st {
+            St::RequestLine => usize::from(self.start_len) == self.start.len(),
+            St::Value(Field::Other) | St::TrailerLine | St::ChunkExt | St::ChunkDataEnd => true,
+            St::Value(Field::TransferEncoding) => self.te,
+            _ => false,
+        }
+    }
+
+    /// States that read the request head (counted against the head limit).
+    fn in_head(st: St) -> bool {
+        matches!(
+            st,
             St::RequestLine | St::LineStart | St::Name | St::Value(_) | St::HeadEnd
-        ) {
+        )
+    }
+
+    fn step(&mut self, b: u8, verdicts: &Verdicts) {
+        if Self::in_head(self.st) {
             self.head_bytes += 1;
         }
         self.st = match self.st {
