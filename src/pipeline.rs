@@ -135,8 +135,7 @@ async fn route_and_run(
         }
     }
     match &route.action {
-        // Boxed so the (large) forwarding state is not part of every request's future.
-        Action::Proxy(upstream) => Box::pin(forward::forward(gw, upstream, req, ctx)).await,
+        Action::Proxy(upstream) => forward::forward(gw, upstream, req, ctx).await,
         Action::Respond {
             status,
             headers,

@@ -213,6 +213,35 @@ async fn forwarded_header_from_an_untrusted_peer_is_replaced() {
 }
 
 #[tokio::test]
+async fn forwarded_headers_on_several_lines_from_a_trusted_peer_are_all_kept() {
+    let up = upstream::named("up").await;
+    let (_gw, addr) = proxy_to(
+        up.addr,
+        "forwarding: { trusted_proxies: [127.0.0.1], forwarded_header: true }",
+    );
+    // `header()` appends: two lines of each.
+    let req = Request::get("/lines")
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "1.1.1.1, 2.2.2.2")
+        .header("x-forwarded-for", "3.3.3.3")
+        .header("forwarded", "for=1.1.1.1, for=2.2.2.2")
+        .header("forwarded", "for=3.3.3.3;proto=https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(addr, req).await.status, 200);
+    let seen = last(&up);
+    assert_eq!(
+        all(&seen, "x-forwarded-for"),
+        ["1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"]
+    );
+    assert_eq!(
+        all(&seen, "forwarded"),
+        ["for=1.1.1.1, for=2.2.2.2, for=3.3.3.3;proto=https, \
+          for=127.0.0.1;proto=http;host=\"shop.example\""]
+    );
+}
+
+#[tokio::test]
 async fn host_is_preserved_or_set_per_upstream() {
     let up = upstream::named("up").await;
     let mut gw = Gateway::start(&format!(
@@ -369,6 +398,46 @@ async fn sequential_requests_reuse_one_upstream_connection() {
         1,
         "upstream connections opened for 20 requests"
     );
+}
+
+#[tokio::test]
+async fn max_connections_hands_a_returned_connection_to_a_waiting_request() {
+    // The first request is held by the upstream; the second waits for the only
+    // connection slot and must get the connection once the first returns it,
+    // not time out waiting for the connection to close.
+    let up = raw::upstream(Action::Hold(raw::ok_response("held"))).await;
+    let mut gw = Gateway::start(&format!(
+        r#"
+workers: 1
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+upstreams:
+  app:
+    endpoints: ["{}"]
+    timeouts: {{ request: 5s }}
+    pool: {{ max_connections: 1 }}
+routes:
+  - {{ name: app, match: {{ prefix: / }}, upstream: app }}
+"#,
+        up.addr
+    ));
+    let addr = gw.addr("main");
+    let first = tokio::spawn(get_path(addr, "/first"));
+    assert!(up.wait_requests(1, Duration::from_secs(10)).await);
+    let second = tokio::spawn(get_path(addr, "/second"));
+    // Let the second request reach the pool and wait for the slot (if it is
+    // slower, it finds the idle connection directly and the test proves less).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.requests(), 1, "the second request did not wait");
+    up.release();
+    let first = first.await.unwrap();
+    assert_eq!((first.status.as_u16(), first.text()), (200, "held".into()));
+    let second = second.await.unwrap();
+    assert_eq!(
+        (second.status.as_u16(), second.text()),
+        (200, "held".into())
+    );
+    assert_eq!(up.requests(), 2);
+    assert_eq!(up.accepted(), 1, "upstream connections opened");
 }
 
 #[tokio::test]

@@ -477,3 +477,131 @@ routes:
     assert_eq!(try_get(addr, "/app").await, Some((200, "pooled".into())));
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
 }
+
+/// `n` distinct free ports below the ephemeral range: no client connection
+/// (of this test or another running at the same time) can be using one as its
+/// local port, which would make binding it fail.
+fn ports_outside_the_ephemeral_range(n: usize) -> Vec<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let floor = 10_000u16;
+    assert!(
+        usize::from(low - floor) > n * 4,
+        "ephemeral range starts at {low}"
+    );
+    // Start somewhere different per process, so that parallel runs rarely meet.
+    let span = low - floor - 2 * n as u16;
+    let start = floor + (std::process::id() % u32::from(span)) as u16;
+    let mut held = Vec::new();
+    for port in start..low {
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+            if held.len() == n {
+                break;
+            }
+        }
+    }
+    assert_eq!(held.len(), n, "not enough free ports below {low}");
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// GET /hello on a new connection to `addr`, connecting again until the port
+/// accepts (bounded); the status, or `None` when it never answered.
+async fn first_answer(addr: SocketAddr) -> Option<u16> {
+    let deadline = Instant::now() + LIMIT;
+    let stream = loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(_) => return None,
+        }
+    };
+    timeout(LIMIT, async {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let resp = tx
+            .send_request(support::get("localhost", "/hello"))
+            .await
+            .ok()?;
+        Some(resp.status().as_u16())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_listeners_route_with_the_new_config_from_the_first_connection() {
+    // Many listeners added at once: if accepting started before the new config
+    // is in place, the first ones would accept while the rest are still being
+    // started, and route by the old config (which has no such listener: 404).
+    // Clients are already connecting when the sockets are bound, so their
+    // requests are the first each new listener serves.
+    const ADDED: usize = 200;
+    const PROBED: usize = 8;
+    let base = r#"workers: 1
+listeners: [{ name: main, address: "127.0.0.1:0" }]
+routes:
+  - name: hello
+    match: { path: /hello }
+    respond: { body: "hello" }
+"#;
+    let mut gw = Gateway::start(base);
+    let ports = ports_outside_the_ephemeral_range(ADDED);
+    let mut extended =
+        String::from("workers: 1\nlisteners:\n  - { name: main, address: \"127.0.0.1:0\" }\n");
+    for (i, port) in ports.iter().enumerate() {
+        extended.push_str(&format!(
+            "  - {{ name: l{i}, address: \"127.0.0.1:{port}\" }}\n"
+        ));
+    }
+    extended.push_str(
+        "routes:\n  - name: hello\n    match: { path: /hello }\n    respond: { body: \"hello\" }\n",
+    );
+
+    for round in 1..=4 {
+        let clients: Vec<_> = ports[..PROBED]
+            .iter()
+            .map(|&p| tokio::spawn(first_answer(SocketAddr::from(([127, 0, 0, 1], p)))))
+            .collect();
+        // Renamed into place, so that no reload reads a half-written file.
+        gw.replace_config(&extended);
+        gw.signal("HUP");
+        for (i, c) in clients.into_iter().enumerate() {
+            let status = c.await.unwrap();
+            assert_eq!(
+                status,
+                Some(200),
+                "round {round}, listener l{i}: first request answered {status:?}"
+            );
+        }
+        assert_eq!(gw.count_log("config reload failed"), 0, "{}", gw.stderr());
+        let reloaded = gw.count_log("config reloaded");
+
+        // Back to one listener, and wait until every port is closed again.
+        gw.replace_config(base);
+        gw.signal("HUP");
+        let deadline = Instant::now() + LIMIT;
+        while gw.count_log("config reloaded") == reloaded && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for &p in &ports {
+            let deadline = Instant::now() + LIMIT;
+            while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], p)))
+                .await
+                .is_ok()
+            {
+                assert!(Instant::now() < deadline, "port {p} still accepts");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let main = gw.addr("main");
+    assert_eq!(try_get(main, "/hello").await, Some((200, "hello".into())));
+}

@@ -257,3 +257,41 @@ async fn sigint_also_shuts_down_cleanly() {
         matches!(TcpStream::connect(addr).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_stops_at_once_with_exit_one() {
+    // Neither the upstream nor the drain deadline would end the wait within
+    // the test.
+    let mut up = held_upstream(Duration::from_secs(120)).await;
+    let mut gw = Gateway::start(&config(up.addr, "shutdown_timeout: 120s"));
+    let addr = gw.addr("main");
+
+    let in_flight = tokio::spawn(try_get(addr, "/slow/held"));
+    let arrived = timeout(LIMIT, up.arrived.recv())
+        .await
+        .expect("request never arrived");
+    assert_eq!(arrived.as_deref(), Some("/slow/held"));
+
+    gw.signal("TERM");
+    assert!(gw.wait_for_log("shutting down", LIMIT), "{}", gw.stderr());
+    assert!(wait_refused(addr).await, "new connections still accepted");
+    assert_eq!(
+        gw.wait_exit(Duration::from_millis(200)),
+        None,
+        "exited early"
+    );
+    assert!(!in_flight.is_finished(), "the held request ended early");
+
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(LIMIT), Some(1), "{}", gw.stderr());
+    assert!(
+        gw.stderr().contains("second stop signal"),
+        "{}",
+        gw.stderr()
+    );
+    let outcome = timeout(LIMIT, in_flight)
+        .await
+        .expect("the client was left hanging")
+        .unwrap();
+    assert!(outcome.is_err(), "cut request answered: {outcome:?}");
+}

@@ -33,15 +33,19 @@ pub async fn forward(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let h2 = upstream.config.protocol == UpstreamProtocol::H2c;
 
+    // The client's Host header value is shared, not copied; only an HTTP/2
+    // authority has to be turned into a header value.
+    let client_host = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => request_host(&req).and_then(|h| HeaderValue::from_str(h).ok()),
+    };
     let host = match (&ctx.upstream_host, &upstream.config.host) {
         (Some(h), _) => Some(h.clone()),
-        (None, HostHeader::Preserve) => {
-            request_host(&req).and_then(|h| HeaderValue::from_str(h).ok())
-        }
+        (None, HostHeader::Preserve) => client_host.clone(),
         (None, HostHeader::Endpoint) => Some(upstream.endpoints[endpoint].host_header.clone()),
-        (None, HostHeader::Fixed(v)) => HeaderValue::from_str(v).ok(),
-    };
-    let client_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
+        (None, HostHeader::Fixed(_)) => upstream.fixed_host.clone(),
+    }
+    .or_else(|| Some(upstream.endpoints[endpoint].host_header.clone()));
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;

@@ -115,14 +115,13 @@ pub fn set_forwarded(
 ) {
     let trust = trusted.contains(peer.ip());
     let ip = peer.ip().to_string();
-    let xff = match (trust, headers.get(&X_FORWARDED_FOR)) {
-        (true, Some(prev)) => {
-            let mut v = prev.as_bytes().to_vec();
+    let xff = match trust.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
+        Some(mut v) => {
             v.extend_from_slice(b", ");
             v.extend_from_slice(ip.as_bytes());
             HeaderValue::from_bytes(&v).ok()
         }
-        _ => HeaderValue::from_str(&ip).ok(),
+        None => HeaderValue::from_str(&ip).ok(),
     };
     if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
@@ -151,16 +150,40 @@ pub fn set_forwarded(
             elem.push_str(h);
             elem.push('"');
         }
-        let value = match (trust, headers.get(header::FORWARDED)) {
-            (true, Some(prev)) => format!("{}, {elem}", prev.to_str().unwrap_or_default()),
-            _ => elem,
+        let value = match trust.then(|| joined(headers, &header::FORWARDED)).flatten() {
+            Some(mut v) => {
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(elem.as_bytes());
+                v
+            }
+            None => elem.into_bytes(),
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
             headers.insert(header::FORWARDED, v);
         }
     } else if !trust {
         headers.remove(header::FORWARDED);
     }
+}
+
+/// Every line of the list header `name`, joined with `, ` in order (empty
+/// lines skipped); `None` when there is no non-empty line.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for v in headers.get_all(name) {
+        let v = v.as_bytes().trim_ascii();
+        if v.is_empty() {
+            continue;
+        }
+        match out.as_mut() {
+            Some(buf) => {
+                buf.extend_from_slice(b", ");
+                buf.extend_from_slice(v);
+            }
+            None => out = Some(v.to_vec()),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -244,6 +267,59 @@ mod tests {
             h["forwarded"],
             "for=10.1.1.1;proto=http;host=\"shop.example\""
         );
+    }
+
+    #[test]
+    fn every_line_from_a_trusted_peer_is_kept() {
+        let trusted = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "3.3.3.3"),
+            ("forwarded", "for=1.1.1.1, for=2.2.2.2"),
+            ("forwarded", "for=3.3.3.3;proto=https"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "10.1.1.1:5".parse().unwrap(),
+            "http",
+            None,
+            &trusted,
+            true,
+        );
+        let all = |h: &HeaderMap, n: &str| -> Vec<String> {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            all(&h, "x-forwarded-for"),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.1.1"]
+        );
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=1.1.1.1, for=2.2.2.2, for=3.3.3.3;proto=https, for=10.1.1.1;proto=http"]
+        );
+        // The client address is read from the same chain.
+        assert_eq!(
+            trusted.client_ip("10.1.1.1".parse().unwrap(), &h),
+            "3.3.3.3".parse::<IpAddr>().unwrap()
+        );
+
+        // Not trusted: every line is replaced by one.
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "3.3.3.3"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "5.5.5.5:5".parse().unwrap(),
+            "http",
+            None,
+            &trusted,
+            false,
+        );
+        assert_eq!(all(&h, "x-forwarded-for"), ["5.5.5.5"]);
     }
 
     #[test]

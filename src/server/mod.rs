@@ -114,17 +114,30 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         listeners: Mutex::new(HashMap::new()),
     });
     let code = control.block_on(async {
+        // Registered before the listeners open, and kept for the life of the
+        // process, so that a second signal during the drain is seen.
+        let mut signals = StopSignals::new();
         let gw = shared.current.load_full();
-        if let Err(e) = apply_listeners(&shared, &gw).await {
+        if let Err(e) = apply_listeners(&shared, gw).await {
             tracing::error!("{e}");
             return 1;
         }
+        let reloads = reload::watch(shared.clone());
         tracing::info!(workers, "portico started");
-        tokio::spawn(reload::watch(shared.clone()));
+        tokio::spawn(reloads);
         tokio::spawn(maintain(shared.clone()));
-        shutdown_signal().await;
-        drain(&shared).await;
-        0
+        signals.recv().await;
+        tokio::select! {
+            () = drain(&shared) => 0,
+            signal = signals.recv() => {
+                tracing::warn!(
+                    signal,
+                    connections = shared.active.load(Ordering::Relaxed),
+                    "second stop signal; closing every connection now"
+                );
+                1
+            }
+        }
     });
     let _ = stop_tx.send(true);
     for t in threads {
@@ -134,9 +147,18 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
     code
 }
 
-/// Binds listeners that `gw` has and the server does not, and drains those
-/// it no longer has. Binding errors leave the running set unchanged.
-pub async fn apply_listeners(shared: &Arc<Shared>, gw: &Gateway) -> Result<(), String> {
+/// Makes `gw` the current snapshot and the server's listeners match it:
+///
+/// 1. binds the listeners that `gw` has and the server does not (an error
+///    leaves everything unchanged: no snapshot swap, no listener added or
+///    removed);
+/// 2. stops the listeners `gw` no longer has (they drain);
+/// 3. stores `gw`;
+/// 4. starts accepting on the new listeners.
+///
+/// New sockets queue connections from step 1 but accept none before step 4,
+/// so every connection on a new listener is routed by a snapshot that has it.
+pub async fn apply_listeners(shared: &Arc<Shared>, gw: Arc<Gateway>) -> Result<(), String> {
     let mut running = shared.listeners.lock().await;
     let mut started = Vec::new();
     for l in gw.listeners.iter() {
@@ -144,18 +166,38 @@ pub async fn apply_listeners(shared: &Arc<Shared>, gw: &Gateway) -> Result<(), S
         if running.contains_key(&key) {
             continue;
         }
-        let sockets = listener::bind_reuseport(l.address, shared.workers.len()).map_err(|e| {
-            format!(
-                "cannot listen on {} (listener `{}`): {e}",
-                l.address, l.name
-            )
-        })?;
+        // Where this process already listens on an overlapping address (a
+        // renamed or moved listener), the exclusivity check would find itself.
+        let exclusive = !running
+            .values()
+            .map(|r| r.bound)
+            .chain(started.iter().map(|(_, bound, _)| *bound))
+            .any(|b| listener::overlaps(b, l.address));
+        let sockets = listener::bind_reuseport(l.address, shared.workers.len(), exclusive)
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {} (listener `{}`): {e}",
+                    l.address, l.name
+                )
+            })?;
         let bound = sockets
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(l.address);
         started.push((key, bound, sockets));
     }
+    running.retain(|key, l| {
+        let keep = gw
+            .listeners
+            .iter()
+            .any(|n| n.name == key.0 && n.address == key.1);
+        if !keep {
+            tracing::info!(listener = %key.0, address = %l.bound, "listener removed; draining");
+            let _ = l.drain.send(true);
+        }
+        keep
+    });
+    shared.current.store(gw);
     for (key, bound, sockets) in started {
         let (drain_tx, drain_rx) = watch::channel(false);
         for (worker, (socket, handle)) in sockets.into_iter().zip(&shared.workers).enumerate() {
@@ -178,17 +220,6 @@ pub async fn apply_listeners(shared: &Arc<Shared>, gw: &Gateway) -> Result<(), S
             },
         );
     }
-    running.retain(|key, l| {
-        let keep = gw
-            .listeners
-            .iter()
-            .any(|n| n.name == key.0 && n.address == key.1);
-        if !keep {
-            tracing::info!(listener = %key.0, address = %l.bound, "listener removed; draining");
-            let _ = l.drain.send(true);
-        }
-        keep
-    });
     Ok(())
 }
 
@@ -242,19 +273,38 @@ async fn drain(shared: &Arc<Shared>) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT, kept registered so that each one is seen.
+struct StopSignals {
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let unix = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT; stopping on Ctrl-C only");
+                None
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        Self { unix }
+    }
+
+    /// Waits for the next SIGTERM or SIGINT; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        match self.unix.as_mut() {
+            Some((term, int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
         }
     }
 }
@@ -302,9 +352,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("reload task failed: {e}"))??;
-    apply_listeners(shared, &compiled).await?;
-    shared.current.store(Arc::new(compiled));
-    Ok(())
+    apply_listeners(shared, Arc::new(compiled)).await
 }
 
 /// Resolves once `drain` turns true (or its sender is gone).

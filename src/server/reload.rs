@@ -12,18 +12,30 @@ use tokio::sync::mpsc;
 
 use super::{Shared, reload};
 
-/// Runs the reload triggers until the process ends.
-pub async fn watch(shared: Arc<Shared>) {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let _watcher = start_watcher(&shared.config_path, tx);
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+/// Sets up the reload triggers at once (so that a change made right after
+/// startup is not missed), and returns the task that runs them until the
+/// process ends.
+pub fn watch(shared: Arc<Shared>) -> impl Future<Output = ()> + Send + 'static {
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let watcher = start_watcher(&shared.config_path, tx);
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP");
             None
         }
     };
-    let mut last = content_hash(&shared.config_path);
+    let last = content_hash(&shared.config_path);
+    run(shared, watcher, rx, hup, last)
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    mut rx: mpsc::Receiver<()>,
+    mut hup: Option<tokio::signal::unix::Signal>,
+    mut last: Option<u64>,
+) {
     loop {
         let forced = tokio::select! {
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,

@@ -78,6 +78,8 @@ pub struct Upstream {
     pub endpoints: Box<[Endpoint]>,
     /// In-flight requests per endpoint.
     pub inflight: Box<[AtomicU32]>,
+    /// The `host: { fixed }` value, as a header value.
+    pub fixed_host: Option<HeaderValue>,
     balancer: Balancer,
     /// `pools[worker][endpoint]`.
     pools: Box<[Box<[EndpointPool]>]>,
@@ -99,6 +101,10 @@ impl Upstream {
             name: name.into(),
             config: config.clone(),
             inflight: endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
+            fixed_host: match &config.host {
+                crate::config::HostHeader::Fixed(v) => HeaderValue::from_str(v).ok(),
+                _ => None,
+            },
             balancer: Balancer::new(&config.balance, &ids, &weights, workers),
             pools: (0..workers)
                 .map(|_| {

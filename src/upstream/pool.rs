@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, timeout};
 
 use super::Upstream;
@@ -33,7 +33,11 @@ struct Idle {
 pub struct EndpointPool {
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
+    /// One permit per open connection, idle ones included (`max_connections`).
     limit: Option<Arc<Semaphore>>,
+    /// Signalled when a connection goes back to the idle list, so that a
+    /// request waiting for a slot can take it instead of waiting for a close.
+    returned: Notify,
     h2: tokio::sync::Mutex<Option<(http2::SendRequest<RequestBody>, SocketAddr)>>,
 }
 
@@ -44,6 +48,7 @@ impl EndpointPool {
             idle: Mutex::new(VecDeque::new()),
             max_idle: cfg.max_idle,
             limit: (cfg.max_connections > 0).then(|| Arc::new(Semaphore::new(cfg.max_connections))),
+            returned: Notify::new(),
             h2: tokio::sync::Mutex::new(None),
         }
     }
@@ -68,6 +73,8 @@ impl EndpointPool {
             idle.pop_front();
         }
         idle.push_back(c);
+        drop(idle);
+        self.returned.notify_waiters();
     }
 
     /// Drops idle connections older than `idle_timeout`.
@@ -152,40 +159,60 @@ pub async fn send(
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {
             let mut req = req;
-            // A pooled connection may have been closed by the upstream just now;
-            // hyper hands the request back when it was not sent, so try the next.
-            while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
-                if c.tx.ready().await.is_err() {
-                    continue;
-                }
-                let addr = c.addr;
-                match timeout(timeouts.request.0, c.tx.try_send_request(req)).await {
-                    Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
-                    Ok(Ok(response)) => {
-                        lease.conn = Some(c);
-                        return Ok(Sent {
-                            response,
-                            lease,
-                            addr,
-                        });
+            // With `max_connections`, a request that finds neither an idle
+            // connection nor a free slot waits for whichever comes first: a
+            // connection returned to the idle list, or a slot freed by a
+            // connection closing. Bounded by the request timeout.
+            let deadline = Instant::now() + timeouts.request.0;
+            let permit = loop {
+                // Registered before looking, so a connection returned between
+                // the look and the wait still wakes this request.
+                let returned = pool.returned.notified();
+                // A pooled connection may have been closed by the upstream just
+                // now; hyper hands the request back when it was not sent, so try
+                // the next.
+                while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
+                    if c.tx.ready().await.is_err() {
+                        continue;
                     }
-                    Ok(Err(mut e)) => match e.take_message() {
-                        Some(r) => req = r,
-                        None => return Err(upstream_failed(e.into_error())),
-                    },
+                    let addr = c.addr;
+                    match timeout(timeouts.request.0, c.tx.try_send_request(req)).await {
+                        Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
+                        Ok(Ok(response)) => {
+                            lease.conn = Some(c);
+                            return Ok(Sent {
+                                response,
+                                lease,
+                                addr,
+                            });
+                        }
+                        Ok(Err(mut e)) => match e.take_message() {
+                            Some(r) => req = r,
+                            None => return Err(upstream_failed(e.into_error())),
+                        },
+                    }
                 }
-            }
-            let permit = match &pool.limit {
-                Some(sem) => Some(
-                    timeout(timeouts.request.0, sem.clone().acquire_owned())
-                        .await
-                        .map_err(|_| {
-                            ProxyError::new(ErrorKind::UpstreamTimeout)
-                                .context("waiting for a connection slot")
-                        })?
-                        .map_err(|_| ProxyError::new(ErrorKind::Internal))?,
-                ),
-                None => None,
+                let Some(sem) = &pool.limit else {
+                    break None;
+                };
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => break Some(p),
+                    Err(TryAcquireError::Closed) => {
+                        return Err(ProxyError::new(ErrorKind::Internal));
+                    }
+                    Err(TryAcquireError::NoPermits) => {}
+                }
+                tokio::select! {
+                    () = returned => {}
+                    p = sem.clone().acquire_owned() => match p {
+                        Ok(p) => break Some(p),
+                        Err(_) => return Err(ProxyError::new(ErrorKind::Internal)),
+                    },
+                    () = tokio::time::sleep_until(deadline) => {
+                        return Err(ProxyError::new(ErrorKind::UpstreamTimeout)
+                            .context("waiting for a connection slot"));
+                    }
+                }
             };
             let (stream, addr) = connect(ep, timeouts.connect.0).await?;
             let (mut tx, conn) = http1::Builder::new()
