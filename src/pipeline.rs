@@ -29,6 +29,8 @@ use crate::server::h1_guard::{Flaw, Verdicts};
 pub struct ConnInfo {
     /// The peer's address.
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, for X-Forwarded-For.
+    pub peer_ip: HeaderValue,
     /// The listener's name.
     pub listener: Arc<str>,
     /// The worker serving it.

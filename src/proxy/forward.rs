@@ -54,6 +54,7 @@ pub async fn forward(
     set_forwarded(
         headers,
         ctx.conn.peer,
+        &ctx.conn.peer_ip,
         ctx.conn.scheme,
         client_host.as_ref(),
         &gw.trusted_proxies,

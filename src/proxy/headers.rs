@@ -19,6 +19,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Upgrade` (and `Connection: upgrade`) survive when `upgrading`; `TE: trailers`
 /// survives because gRPC needs it end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of them: one cheap pass over the names saves
+    // a hash lookup per hop-by-hop header.
+    if !upgrading && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -50,6 +55,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Which peers may set X-Forwarded-* for us.
@@ -103,25 +117,30 @@ impl TrustedProxies {
     }
 }
 
+/// An address as a header value (formatted once per connection).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Writes X-Forwarded-For/-Proto/-Host (and `Forwarded` when asked): appended
 /// to a trusted peer's values, replacing anyone else's.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: SocketAddr,
+    peer_ip: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
     trusted: &TrustedProxies,
     forwarded_header: bool,
 ) {
     let trust = trusted.contains(peer.ip());
-    let ip = peer.ip().to_string();
     let xff = match trust.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
         Some(mut v) => {
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
+            v.extend_from_slice(peer_ip.as_bytes());
             HeaderValue::from_bytes(&v).ok()
         }
-        None => HeaderValue::from_str(&ip).ok(),
+        None => Some(peer_ip.clone()),
     };
     if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
@@ -240,6 +259,7 @@ mod tests {
         set_forwarded(
             &mut h,
             "1.2.3.4:5".parse().unwrap(),
+            &ip_value("1.2.3.4".parse().unwrap()),
             "http",
             Some(&host),
             &trusted,
@@ -256,6 +276,7 @@ mod tests {
         set_forwarded(
             &mut h,
             "10.1.1.1:5".parse().unwrap(),
+            &ip_value("10.1.1.1".parse().unwrap()),
             "http",
             Some(&host),
             &trusted,
@@ -281,6 +302,7 @@ mod tests {
         set_forwarded(
             &mut h,
             "10.1.1.1:5".parse().unwrap(),
+            &ip_value("10.1.1.1".parse().unwrap()),
             "http",
             None,
             &trusted,
@@ -314,6 +336,7 @@ mod tests {
         set_forwarded(
             &mut h,
             "5.5.5.5:5".parse().unwrap(),
+            &ip_value("5.5.5.5".parse().unwrap()),
             "http",
             None,
             &trusted,

@@ -39,6 +39,7 @@ pub async fn serve(
     let (stream, verdicts) = Guarded::new(stream, limits.max_header_bytes.0);
     let info = Arc::new(ConnInfo {
         peer: place.peer,
+        peer_ip: crate::proxy::headers::ip_value(place.peer.ip()),
         listener: place.listener,
         worker: place.worker,
         scheme: "http",
