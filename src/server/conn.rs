@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -72,14 +73,31 @@ pub async fn serve(
     if *drain.borrow() {
         conn.as_mut().graceful_shutdown();
     }
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-            return;
+    // Wait for the connection to end or the drain signal. The drain future is
+    // polled once to register this task's waker (which never changes), and
+    // after that only when the signal's version moved: a `select!` would poll
+    // it on every wake-up of a busy connection.
+    let signal = drain.clone();
+    let mut drained = std::pin::pin!(super::drained(&mut drain));
+    let mut registered = false;
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(res));
         }
-        () = super::drained(&mut drain) => {}
+        if !registered || signal.has_changed().unwrap_or(true) {
+            registered = true;
+            if drained.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(res) = ended {
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
+        return;
     }
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {

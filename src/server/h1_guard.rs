@@ -157,6 +157,20 @@ impl Scanner {
                         St::ChunkData(n - take)
                     };
                 }
+                St::LineStart if !matches!(bytes[0], b'\r' | b'\n') => {
+                    // A whole header name in this read: classify it at once.
+                    match memchr::memchr2(b':', b'\n', bytes) {
+                        Some(i) if bytes[i] == b':' => {
+                            self.head_bytes += i as u64 + 1;
+                            self.st = St::Value(self.classify(&bytes[..i]));
+                            bytes = &bytes[i + 1..];
+                        }
+                        _ => {
+                            self.step(bytes[0], verdicts);
+                            bytes = &bytes[1..];
+                        }
+                    }
+                }
                 st if self.skips_to_newline(st) => {
                     // Nothing before the end of this line matters: jump to it.
                     let n = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
@@ -312,18 +326,25 @@ impl Scanner {
     }
 
     fn field(&mut self) -> Field {
-        let name = self
-            .name
-            .get(..usize::from(self.name_len))
-            .unwrap_or_default();
-        match name {
-            b"content-length" => Field::ContentLength,
-            b"transfer-encoding" => Field::TransferEncoding,
-            b"upgrade" => {
+        let len = usize::from(self.name_len);
+        if len > self.name.len() {
+            return Field::Other;
+        }
+        let name = self.name;
+        self.classify(&name[..len])
+    }
+
+    /// The field a header name announces (any case).
+    fn classify(&mut self, name: &[u8]) -> Field {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            Field::ContentLength
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            Field::TransferEncoding
+        } else {
+            if name.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
-                Field::Other
             }
-            _ => Field::Other,
+            Field::Other
         }
     }
 

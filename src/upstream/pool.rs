@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, futures::Notified};
 use tokio::time::{Instant, timeout};
 
 use super::Upstream;
@@ -163,7 +163,7 @@ pub async fn send(
             // connection nor a free slot waits for whichever comes first: a
             // connection returned to the idle list, or a slot freed by a
             // connection closing. Bounded by the request timeout.
-            let deadline = Instant::now() + timeouts.request.0;
+            let mut deadline = None;
             let permit = loop {
                 // Registered before looking, so a connection returned between
                 // the look and the wait still wakes this request.
@@ -202,28 +202,15 @@ pub async fn send(
                     }
                     Err(TryAcquireError::NoPermits) => {}
                 }
-                tokio::select! {
-                    () = returned => {}
-                    p = sem.clone().acquire_owned() => match p {
-                        Ok(p) => break Some(p),
-                        Err(_) => return Err(ProxyError::new(ErrorKind::Internal)),
-                    },
-                    () = tokio::time::sleep_until(deadline) => {
-                        return Err(ProxyError::new(ErrorKind::UpstreamTimeout)
-                            .context("waiting for a connection slot"));
-                    }
+                // The waiting and dialling below are cold paths: boxed, so their
+                // state does not weigh on every request's future.
+                let until = *deadline.get_or_insert_with(|| Instant::now() + timeouts.request.0);
+                match Box::pin(wait_for_slot(returned, sem, until)).await? {
+                    Some(p) => break Some(p),
+                    None => continue,
                 }
             };
-            let (stream, addr) = connect(ep, timeouts.connect.0).await?;
-            let (mut tx, conn) = http1::Builder::new()
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ProxyError::new(ErrorKind::ConnectFailed).context(e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
+            let (mut tx, addr) = Box::pin(dial_h1(ep, timeouts.connect.0)).await?;
             let response = match timeout(timeouts.request.0, tx.send_request(req)).await {
                 Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
                 Ok(Err(e)) => return Err(upstream_failed(e)),
@@ -247,16 +234,7 @@ pub async fn send(
                 match slot.as_ref() {
                     Some((tx, addr)) if !tx.is_closed() => (tx.clone(), *addr),
                     _ => {
-                        let (stream, addr) = connect(ep, timeouts.connect.0).await?;
-                        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                            .handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(|e| ProxyError::new(ErrorKind::ConnectFailed).context(e))?;
-                        tokio::spawn(async move {
-                            if let Err(e) = std::pin::pin!(conn).await {
-                                tracing::debug!(error = %e, "upstream h2 connection ended");
-                            }
-                        });
+                        let (tx, addr) = Box::pin(dial_h2(ep, timeouts.connect.0)).await?;
                         *slot = Some((tx.clone(), addr));
                         (tx, addr)
                     }
@@ -276,6 +254,59 @@ pub async fn send(
             })
         }
     }
+}
+
+/// Waits for a connection to come back to the idle list (`None`: look again)
+/// or for a free connection slot, until `deadline`.
+async fn wait_for_slot(
+    returned: Notified<'_>,
+    sem: &Arc<Semaphore>,
+    deadline: Instant,
+) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+    tokio::select! {
+        () = returned => Ok(None),
+        p = sem.clone().acquire_owned() => p
+            .map(Some)
+            .map_err(|_| ProxyError::new(ErrorKind::Internal)),
+        () = tokio::time::sleep_until(deadline) => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
+            .context("waiting for a connection slot")),
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `ep`.
+async fn dial_h1(
+    ep: &super::Endpoint,
+    connect_timeout: Duration,
+) -> Result<(http1::SendRequest<RequestBody>, SocketAddr), ProxyError> {
+    let (stream, addr) = connect(ep, connect_timeout).await?;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProxyError::new(ErrorKind::ConnectFailed).context(e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok((tx, addr))
+}
+
+/// Opens a new h2c connection to `ep`.
+async fn dial_h2(
+    ep: &super::Endpoint,
+    connect_timeout: Duration,
+) -> Result<(http2::SendRequest<RequestBody>, SocketAddr), ProxyError> {
+    let (stream, addr) = connect(ep, connect_timeout).await?;
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProxyError::new(ErrorKind::ConnectFailed).context(e))?;
+    tokio::spawn(async move {
+        if let Err(e) = std::pin::pin!(conn).await {
+            tracing::debug!(error = %e, "upstream h2 connection ended");
+        }
+    });
+    Ok((tx, addr))
 }
 
 fn upstream_failed(e: hyper::Error) -> ProxyError {
