@@ -9,6 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 use portico::config::{self, Config};
 
+/// mimalloc: measured about 5% more requests per second than glibc's
+/// allocator on the small-request benchmark (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Portico: an API gateway and reverse proxy.
 #[derive(Parser)]
 #[command(name = "portico", version, about)]
