@@ -54,11 +54,6 @@ impl AccessLog {
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
-
-    /// Lines dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }
 
 fn write_loop(rx: Receiver<Record>, mut out: BufWriter<Box<dyn Write + Send>>) {

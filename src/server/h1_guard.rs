@@ -140,21 +140,15 @@ impl Scanner {
             match self.st {
                 St::Pass => return,
                 St::Fixed(n) => {
-                    let take = n.min(bytes.len() as u64);
-                    bytes = &bytes[take as usize..];
-                    self.st = if take == n {
-                        St::Idle
-                    } else {
-                        St::Fixed(n - take)
-                    };
+                    let left = skip(&mut bytes, n);
+                    self.st = if left == 0 { St::Idle } else { St::Fixed(left) };
                 }
                 St::ChunkData(n) => {
-                    let take = n.min(bytes.len() as u64);
-                    bytes = &bytes[take as usize..];
-                    self.st = if take == n {
+                    let left = skip(&mut bytes, n);
+                    self.st = if left == 0 {
                         St::ChunkDataEnd
                     } else {
-                        St::ChunkData(n - take)
+                        St::ChunkData(left)
                     };
                 }
                 St::LineStart if !matches!(bytes[0], b'\r' | b'\n') => {
@@ -374,6 +368,13 @@ impl Scanner {
             St::ChunkData(self.size)
         }
     }
+}
+
+/// Consumes up to `n` body bytes from `bytes`; returns how many are still due.
+fn skip(bytes: &mut &[u8], n: u64) -> u64 {
+    let take = n.min(bytes.len() as u64);
+    *bytes = &bytes[take as usize..];
+    n - take
 }
 
 /// A client stream whose reads are scanned by the guard.

@@ -82,14 +82,6 @@ impl EndpointPool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
     }
-
-    /// Idle HTTP/1.1 connections held.
-    pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
 }
 
 /// A request's claim on an endpoint: counts as in flight until finished, and
