@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -86,10 +86,17 @@ pub async fn handle(
     };
 
     let error_style = ErrorStyle::of(req.headers());
-    let flaw = match req.version() {
-        Version::HTTP_10 | Version::HTTP_11 => ctx.conn.verdicts.next_request(),
-        _ => None,
+    let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+    let flaw = if http1 {
+        ctx.conn.verdicts.next_request()
+    } else {
+        None
     };
+    // The guard stops following the framing after a head that asks to switch
+    // protocols; if the switch does not happen, the connection must not carry
+    // another request.
+    let switch_asked =
+        http1 && (req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT);
     let result = match flaw {
         None => route_and_run(&gw, req, &mut ctx).await,
         Some(flaw) => Err(flawed(flaw)),
@@ -107,7 +114,7 @@ pub async fn handle(
         exchange.note_error(format_args!("{e}"));
         e.to_response(&request_id, error_style)
     });
-    if flaw.is_some() {
+    if flaw.is_some() || (switch_asked && resp.status() != StatusCode::SWITCHING_PROTOCOLS) {
         // The connection's framing can no longer be trusted.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -185,7 +192,27 @@ fn check_request(gw: &Gateway, req: &Request<Incoming>) -> Result<(), ProxyError
     if req.headers().len() > limits.max_headers {
         return Err(ProxyError::new(ErrorKind::HeadersTooLarge));
     }
-    Ok(())
+    check_host(req)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host; RFC 9113
+/// §8.3.1: an HTTP/2 `host` header must agree with `:authority`. Otherwise the
+/// host that routed the request and the one an upstream sees could differ.
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::new(ErrorKind::BadRequest).context("more than one Host header"));
+    }
+    match (req.version(), first, req.uri().authority()) {
+        (Version::HTTP_11, None, _) => {
+            Err(ProxyError::new(ErrorKind::BadRequest).context("HTTP/1.1 request without Host"))
+        }
+        (Version::HTTP_2, Some(h), Some(a)) if h.as_bytes() != a.as_str().as_bytes() => {
+            Err(ProxyError::new(ErrorKind::BadRequest).context("Host differs from :authority"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn flawed(flaw: Flaw) -> ProxyError {

@@ -213,6 +213,28 @@ async fn forwarded_header_from_an_untrusted_peer_is_replaced() {
 }
 
 #[tokio::test]
+async fn forwarded_host_cannot_forge_an_element() {
+    let up = upstream::named("up").await;
+    let (_gw, addr) = proxy_to(up.addr, "forwarding: { forwarded_header: true }");
+    let resp = raw::exchange(
+        addr,
+        b"GET /forge HTTP/1.1\r\n\
+          Host: x\", for=6.6.6.6;proto=\"https\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = last(&up);
+    assert_eq!(seen.uri, "/forge");
+    // One element, its host a quoted-string with the quotes escaped.
+    assert_eq!(
+        all(&seen, "forwarded"),
+        [r#"for=127.0.0.1;proto=http;host="x\", for=6.6.6.6;proto=\"https""#]
+    );
+}
+
+#[tokio::test]
 async fn forwarded_headers_on_several_lines_from_a_trusted_peer_are_all_kept() {
     let up = upstream::named("up").await;
     let (_gw, addr) = proxy_to(

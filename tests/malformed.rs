@@ -236,3 +236,86 @@ async fn headers_at_the_limit_are_served() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert!(s.up.received_text().contains("x-h17: 17"));
 }
+
+#[tokio::test]
+async fn repeated_content_length_is_refused() {
+    let s = setup(DEFAULT_LIMITS).await;
+    refused(
+        &s,
+        b"POST /bad HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn http11_without_host_or_with_two_is_refused() {
+    let s = setup(DEFAULT_LIMITS).await;
+    refused(&s, b"GET /bad HTTP/1.1\r\nAccept: */*\r\n\r\n", &[400]).await;
+    let s = setup(DEFAULT_LIMITS).await;
+    refused(
+        &s,
+        b"GET /bad HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        &[400],
+    )
+    .await;
+}
+
+/// A head that asks for an upgrade stops the framing guard; when the upstream
+/// does not switch, the connection must close so that nothing smuggled after
+/// it is read as a request.
+#[tokio::test]
+async fn refused_upgrade_closes_the_connection() {
+    let s = setup(DEFAULT_LIMITS).await;
+    let resp = raw::exchange(
+        s.addr,
+        b"GET /first HTTP/1.1\r\nHost: h.test\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n\
+          POST /bad HTTP/1.1\r\nHost: h.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(s.up.wait_requests(1, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = s.up.received_text();
+    assert!(
+        !seen.contains("/bad"),
+        "smuggled request reached upstream:\n{seen}"
+    );
+    assert_eq!(s.up.requests(), 1, "upstream:\n{seen}");
+}
+
+/// The host that routes a request is the host the upstream sees: an
+/// absolute-form target wins over a different Host header (RFC 9112 §3.2.2).
+#[tokio::test]
+async fn absolute_form_authority_is_the_host_sent_upstream() {
+    let s = setup(DEFAULT_LIMITS).await;
+    let resp = raw::exchange(
+        s.addr,
+        b"GET http://public.test/x HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 200);
+    assert!(s.up.wait_requests(1, Duration::from_secs(5)).await);
+    let seen = s.up.received_text().to_ascii_lowercase();
+    assert!(
+        seen.contains("\r\nhost: public.test\r\n"),
+        "upstream saw:\n{seen}"
+    );
+    assert!(
+        seen.contains("\r\nx-forwarded-host: public.test\r\n"),
+        "upstream saw:\n{seen}"
+    );
+}
+
+/// A connection that never sends a byte is closed after the header read timeout.
+#[tokio::test]
+async fn silent_connection_is_closed() {
+    let s = setup("{ header_read_timeout: 300ms }").await;
+    let mut stream = raw::connect(s.addr).await;
+    let (bytes, closed) = raw::read_to_end(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "connection still open after 5 s");
+    assert!(bytes.is_empty());
+}

@@ -184,6 +184,7 @@ impl Client {
 async fn upload(addr: SocketAddr, len: u64, h2: bool) -> u64 {
     let mut client = Client::connect(addr, h2).await;
     let req = Request::post(format!("http://{addr}/upload"))
+        .header("host", addr.to_string())
         .header("content-length", len)
         .body(Generated::new(len))
         .unwrap();
@@ -199,6 +200,7 @@ async fn upload(addr: SocketAddr, len: u64, h2: bool) -> u64 {
 async fn download(addr: SocketAddr, len: u64, h2: bool) -> u64 {
     let mut client = Client::connect(addr, h2).await;
     let req = Request::get(format!("http://{addr}/download/{len}"))
+        .header("host", addr.to_string())
         .body(Generated::new(0))
         .unwrap();
     let resp = client.send(req).await;

@@ -20,6 +20,26 @@ use super::schema::{
 const MAX_WORKERS: usize = 1024;
 /// Endpoint weight range.
 const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=1000;
+/// Most access log lines buffered: every slot is allocated up front.
+const MAX_LOG_BUFFER: usize = 1_000_000;
+/// Most connections per endpoint in a pool (tokio's semaphore panics far
+/// above this, at `usize::MAX >> 3` permits).
+const MAX_POOL_CONNECTIONS: usize = 1_000_000;
+/// Status codes a `respond` route may answer with: final ones only (hyper
+/// refuses to send a 1xx as the answer and drops the connection).
+const RESPOND_STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
+/// Response headers a `respond` route may not set: the gateway frames the
+/// body and manages the connection itself.
+const FRAMING_HEADERS: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Collects all semantic errors in `cfg`, sorted by position.
 pub fn validate(cfg: &Config, file: &str) -> Vec<ConfigError> {
@@ -66,6 +86,11 @@ impl Validator<'_> {
         }
         if cfg.access_log.buffer == 0 {
             self.nowhere("`access_log.buffer` must be greater than 0".into());
+        } else if cfg.access_log.buffer > MAX_LOG_BUFFER {
+            self.nowhere(format!(
+                "`access_log.buffer` must be at most {MAX_LOG_BUFFER} lines, got {}",
+                cfg.access_log.buffer
+            ));
         }
         if cfg.access_log.target.trim().is_empty() {
             self.nowhere(
@@ -194,6 +219,16 @@ impl Validator<'_> {
                 format!("upstream `{name}`: `timeouts.request` must be greater than 0"),
             );
         }
+        if u.pool.max_connections > MAX_POOL_CONNECTIONS {
+            self.at(
+                up,
+                format!(
+                    "upstream `{name}`: `pool.max_connections` must be at most \
+                     {MAX_POOL_CONNECTIONS} (0 for no cap), got {}",
+                    u.pool.max_connections
+                ),
+            );
+        }
         if let BalanceConfig::ConsistentHash(HashKey::Header(h)) = &u.balance
             && HeaderName::from_bytes(h.as_bytes()).is_err()
         {
@@ -294,21 +329,31 @@ impl Validator<'_> {
         }
 
         if let Some(respond) = &r.respond {
-            if !(100..=599).contains(&respond.status) {
+            if !RESPOND_STATUSES.contains(&respond.status) {
                 self.at(
                     route,
                     format!(
-                        "route `{name}`: respond status {} must be between 100 and 599",
-                        respond.status
+                        "route `{name}`: respond status {} must be between {} and {}",
+                        respond.status,
+                        RESPOND_STATUSES.start(),
+                        RESPOND_STATUSES.end()
                     ),
                 );
             }
             for (k, val) in &respond.headers {
-                if HeaderName::from_bytes(k.as_bytes()).is_err() {
-                    self.at(
+                match HeaderName::from_bytes(k.as_bytes()) {
+                    Err(_) => self.at(
                         route,
                         format!("route `{name}`: respond header name `{k}` is not valid"),
-                    );
+                    ),
+                    Ok(h) if FRAMING_HEADERS.contains(&h.as_str()) => self.at(
+                        route,
+                        format!(
+                            "route `{name}`: respond header `{k}` may not be set: the gateway \
+                             frames the response and manages the connection itself"
+                        ),
+                    ),
+                    Ok(_) => {}
                 }
                 if HeaderValue::from_str(val).is_err() {
                     self.at(
@@ -571,6 +616,32 @@ routes:
     }
 
     #[test]
+    fn pool_max_connections_is_capped() {
+        let pool = |n: &str| {
+            BASE.replace(
+                "[10.0.0.1:80]",
+                &format!("[10.0.0.1:80]\n    pool: {{ max_connections: {n} }}"),
+            )
+        };
+        let e = one(
+            &pool("1000001"),
+            6,
+            "upstream `api`: `pool.max_connections` must be at most 1000000 (0 for no cap), \
+             got 1000001",
+        );
+        assert_eq!(e.column, 5);
+        // Far beyond what tokio's semaphore takes: an error, not a panic later.
+        one(&pool(&usize::MAX.to_string()), 6, "`pool.max_connections`");
+        for ok in ["0", "1", "1000000"] {
+            assert!(
+                errors(&pool(ok)).is_empty(),
+                "{ok}: {:?}",
+                errors(&pool(ok))
+            );
+        }
+    }
+
+    #[test]
     fn upstream_hash_header_and_fixed_host() {
         let text = BASE.replace(
             "[10.0.0.1:80]",
@@ -645,6 +716,26 @@ routes:
         one(&text, 8, "respond status 600");
         let text = BASE.replace("    upstream: api", "    respond: { status: 99 }");
         one(&text, 8, "respond status 99");
+        // 1xx is not a final answer.
+        for status in [100, 101, 103, 199] {
+            let text = BASE.replace(
+                "    upstream: api",
+                &format!("    respond: {{ status: {status} }}"),
+            );
+            let e = one(
+                &text,
+                8,
+                &format!("respond status {status} must be between 200 and 599"),
+            );
+            assert_eq!(e.column, 5, "{e}");
+        }
+        for status in [200, 204, 599] {
+            let text = BASE.replace(
+                "    upstream: api",
+                &format!("    respond: {{ status: {status} }}"),
+            );
+            assert!(errors(&text).is_empty(), "{status}: {:?}", errors(&text));
+        }
         let text = BASE.replace(
             "    upstream: api",
             "    respond: { headers: { \"bad name\": x, ok: \"a\\u0001b\" } }",
@@ -654,6 +745,46 @@ routes:
         assert!(errs[0].message.contains("header name `bad name`"));
         assert!(errs[1].message.contains("header `ok` has an invalid value"));
         assert!(errs.iter().all(|e| e.line == 8));
+    }
+
+    #[test]
+    fn respond_headers_must_not_frame_the_response() {
+        for name in [
+            "content-length",
+            "Content-Length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "TE",
+            "trailer",
+            "proxy-connection",
+        ] {
+            let text = BASE.replace(
+                "    upstream: api",
+                &format!("    respond: {{ headers: {{ {name}: \"1\" }} }}"),
+            );
+            let e = one(
+                &text,
+                8,
+                &format!("route `r`: respond header `{name}` may not be set"),
+            );
+            assert_eq!(e.column, 5, "{e}");
+        }
+        let text = BASE.replace(
+            "    upstream: api",
+            "    respond: { headers: { content-type: text/plain, x-length: \"1\", trailers: x } }",
+        );
+        assert!(errors(&text).is_empty(), "{:?}", errors(&text));
+        // Every offending header is named.
+        let text = BASE.replace(
+            "    upstream: api",
+            "    respond: { headers: { content-length: \"3\", connection: close } }",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].message.contains("`connection`"), "{}", errs[0]);
+        assert!(errs[1].message.contains("`content-length`"), "{}", errs[1]);
     }
 
     #[test]
@@ -709,6 +840,16 @@ routes:
                 "{needle}: {msgs:#?}"
             );
         }
+        let e = one(
+            &format!("access_log: {{ buffer: 1000001 }}\n{BASE}"),
+            0,
+            "`access_log.buffer` must be at most 1000000 lines, got 1000001",
+        );
+        assert_eq!(e.to_string(), format!("t.yaml:0:0: {}", e.message));
+        let text = format!("access_log: {{ buffer: {} }}\n{BASE}", usize::MAX);
+        one(&text, 0, "`access_log.buffer` must be at most");
+        let text = format!("access_log: {{ buffer: 1000000 }}\n{BASE}");
+        assert!(errors(&text).is_empty(), "{:?}", errors(&text));
         let text = format!("workers: 1025\n{BASE}");
         one(&text, 0, "between 1 and 1024, got 1025");
         let text = format!("workers: 1024\n{BASE}");

@@ -14,7 +14,7 @@ use super::headers::{remove_hop_by_hop, set_forwarded};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
-use crate::pipeline::{RequestCtx, request_host};
+use crate::pipeline::RequestCtx;
 use crate::upstream::{Upstream, pool};
 
 /// Forwards `req` to `upstream` and returns the response to send back.
@@ -33,19 +33,19 @@ pub async fn forward(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let h2 = upstream.config.protocol == UpstreamProtocol::H2c;
 
-    // The client's Host header value is shared, not copied; only an HTTP/2
-    // authority has to be turned into a header value.
-    let client_host = match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => request_host(&req).and_then(|h| HeaderValue::from_str(h).ok()),
+    // The same host that routed the request: the authority of an absolute-form
+    // or HTTP/2 target first, else Host, whose value is shared, not copied.
+    let client_host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
     };
     let host = match (&ctx.upstream_host, &upstream.config.host) {
         (Some(h), _) => Some(h.clone()),
         (None, HostHeader::Preserve) => client_host.clone(),
-        (None, HostHeader::Endpoint) => Some(upstream.endpoints[endpoint].host_header.clone()),
+        (None, HostHeader::Endpoint) => None,
         (None, HostHeader::Fixed(_)) => upstream.fixed_host.clone(),
     }
-    .or_else(|| Some(upstream.endpoints[endpoint].host_header.clone()));
+    .unwrap_or_else(|| upstream.endpoints[endpoint].host_header.clone());
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -72,8 +72,7 @@ pub async fn forward(
         headers.remove(header::HOST);
         let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(pq);
         let authority = host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
+            .to_str()
             .unwrap_or(&upstream.endpoints[endpoint].address);
         uri = uri.authority(authority);
         parts.uri = uri
@@ -82,14 +81,7 @@ pub async fn forward(
     } else {
         parts.version = Version::HTTP_11;
         parts.uri = Uri::from(pq);
-        match host {
-            Some(h) => {
-                headers.insert(header::HOST, h);
-            }
-            None => {
-                headers.remove(header::HOST);
-            }
-        }
+        headers.insert(header::HOST, host);
     }
 
     let counter = if body.is_end_stream() {

@@ -165,9 +165,8 @@ pub fn set_forwarded(
         };
         let mut elem = format!("for={node};proto={proto}");
         if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-            elem.push_str(";host=\"");
-            elem.push_str(h);
-            elem.push('"');
+            elem.push_str(";host=");
+            push_quoted(&mut elem, h);
         }
         let value = match trust.then(|| joined(headers, &header::FORWARDED)).flatten() {
             Some(mut v) => {
@@ -183,6 +182,22 @@ pub fn set_forwarded(
     } else if !trust {
         headers.remove(header::FORWARDED);
     }
+}
+
+/// Appends `value` as an RFC 9110 §5.6.4 quoted-string: `"` and `\` are
+/// backslash-escaped, so a client's Host cannot close the string and forge
+/// further `Forwarded` parameters or elements. (A header value holds only
+/// HTAB, SP and visible characters, all of which are otherwise `qdtext`.)
+fn push_quoted(out: &mut String, value: &str) {
+    out.reserve(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// Every line of the list header `name`, joined with `, ` in order (empty
@@ -287,6 +302,37 @@ mod tests {
         assert_eq!(
             h["forwarded"],
             "for=10.1.1.1;proto=http;host=\"shop.example\""
+        );
+    }
+
+    #[test]
+    fn forwarded_host_is_escaped_as_a_quoted_string() {
+        let trusted = TrustedProxies::default();
+        let forwarded = |host: &'static str| {
+            let host = HeaderValue::from_static(host);
+            let mut h = HeaderMap::new();
+            set_forwarded(
+                &mut h,
+                "1.2.3.4:5".parse().unwrap(),
+                &ip_value("1.2.3.4".parse().unwrap()),
+                "http",
+                Some(&host),
+                &trusted,
+                true,
+            );
+            h["forwarded"].to_str().unwrap().to_owned()
+        };
+        // Without escaping this would read as two elements, the second one
+        // claiming the client was 6.6.6.6 over https.
+        assert_eq!(
+            forwarded(r#"x", for=6.6.6.6;proto="https"#),
+            r#"for=1.2.3.4;proto=http;host="x\", for=6.6.6.6;proto=\"https""#
+        );
+        // A backslash is escaped too, so it cannot escape the closing quote.
+        assert_eq!(forwarded(r#"x\"#), r#"for=1.2.3.4;proto=http;host="x\\""#);
+        assert_eq!(
+            forwarded("shop.example:8443"),
+            r#"for=1.2.3.4;proto=http;host="shop.example:8443""#
         );
     }
 

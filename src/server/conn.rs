@@ -37,6 +37,18 @@ pub async fn serve(
     let _guard = ActiveGuard(shared.clone());
     let gw = shared.current.load_full();
     let limits = &gw.config.limits;
+    // hyper's header read timeout starts with the first byte, and protocol
+    // detection waits without one: a connection that sends nothing would be
+    // held forever.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        read = tokio::time::timeout(limits.header_read_timeout.0, stream.peek(&mut first)) => {
+            if !matches!(read, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+        }
+        () = super::drained(&mut drain) => return,
+    }
     let (stream, verdicts) = Guarded::new(stream, limits.max_header_bytes.0);
     let info = Arc::new(ConnInfo {
         peer: place.peer,

@@ -112,6 +112,7 @@ struct Scanner {
     name: [u8; 17],
     name_len: u8,
     cl: Option<u64>,
+    cl_lines: u8,
     te: bool,
     upgrade: bool,
     size: u64,
@@ -129,6 +130,7 @@ impl Scanner {
             name: [0; 17],
             name_len: 0,
             cl: None,
+            cl_lines: 0,
             te: false,
             upgrade: false,
             size: 0,
@@ -216,6 +218,7 @@ impl Scanner {
                 self.start[0] = b;
                 self.start_len = 1;
                 self.cl = None;
+                self.cl_lines = 0;
                 self.te = false;
                 self.upgrade = false;
                 St::RequestLine
@@ -224,7 +227,9 @@ impl Scanner {
                 if usize::from(self.start_len) < self.start.len() {
                     self.start[usize::from(self.start_len)] = b;
                     self.start_len += 1;
-                    if self.start_len == 4 && &self.start[..4] == b"PRI " {
+                    // hyper-util switches to HTTP/2 only on the preface, and only
+                    // at the start of the connection.
+                    if self.heads == 1 && self.start == *b"PRI * HT" {
                         return self.st = St::Pass;
                     }
                 }
@@ -331,6 +336,7 @@ impl Scanner {
     /// The field a header name announces (any case).
     fn classify(&mut self, name: &[u8]) -> Field {
         if name.eq_ignore_ascii_case(b"content-length") {
+            self.cl_lines = self.cl_lines.saturating_add(1);
             Field::ContentLength
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             Field::TransferEncoding
@@ -347,7 +353,9 @@ impl Scanner {
         if self.head_bytes > self.max_head {
             verdicts.flag(index, Flaw::HeadTooLarge);
         }
-        if self.te && self.cl.is_some() {
+        // Both framings, or the length given twice (hyper would merge equal
+        // values; a second length is refused, as NGINX does).
+        if (self.te && self.cl.is_some()) || self.cl_lines > 1 {
             verdicts.flag(index, Flaw::AmbiguousLength);
         }
         if self.upgrade || self.start.starts_with(b"CONNECT ") {
@@ -487,6 +495,20 @@ mod tests {
             b"GET / HTTP/1.1\r\nX-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
         assert_eq!(scan_all(input, 4, 32), [Some(Flaw::HeadTooLarge)]);
         assert_eq!(scan_all(input, 4, 1024), [None]);
+    }
+
+    #[test]
+    fn a_repeated_length_is_flagged_and_pri_later_is_http1() {
+        let input = b"POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc";
+        assert_eq!(scan_all(input, 5, 1024), [Some(Flaw::AmbiguousLength)]);
+        let v = Verdicts::new();
+        let mut s = Scanner::new(1024);
+        s.scan(b"GET / HTTP/1.1\r\n\r\nPRI * HTTP/2.0\r\n\r\n", &v);
+        assert_ne!(
+            s.st,
+            St::Pass,
+            "only the connection's first bytes can switch to HTTP/2"
+        );
     }
 
     #[test]
