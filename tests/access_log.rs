@@ -194,3 +194,55 @@ async fn file_target_gets_the_lines() {
     check_entries(&parse(&lines), &up, &replies);
     assert_eq!(gw.stdout_lines(), Vec::<String>::new());
 }
+
+/// Requests cut by the shutdown deadline are still logged: the log is flushed
+/// before the process exits.
+#[tokio::test]
+async fn lines_of_the_last_requests_survive_shutdown() {
+    const HELD: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let up = support::raw::upstream(support::raw::Action::Hold(support::raw::ok_response(
+        "late",
+    )))
+    .await;
+    let mut gw = Gateway::start(&format!(
+        "shutdown_timeout: 300ms\n{}",
+        config(
+            up.addr,
+            &format!("access_log: {{ target: \"{}\" }}", path.display())
+        )
+    ));
+    let addr = gw.addr("main");
+    let mut pending = Vec::new();
+    for i in 0..HELD {
+        pending.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let _ = tx
+                .send_request(get("localhost", &format!("/api/cut/{i}")))
+                .await;
+        }));
+    }
+    assert!(up.wait_requests(HELD, Duration::from_secs(10)).await);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+    for p in pending {
+        p.abort();
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let entries = parse(&text.lines().map(str::to_owned).collect::<Vec<_>>());
+    let cut = entries
+        .iter()
+        .filter(|e| {
+            e["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/api/cut/"))
+        })
+        .count();
+    assert_eq!(cut, HELD, "lines for the cut requests: {cut} of {HELD}");
+}

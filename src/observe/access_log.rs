@@ -6,17 +6,24 @@ use std::io::{self, BufWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
 use super::Record;
 use crate::config::AccessLogConfig;
 
+/// What the writer thread receives.
+enum Msg {
+    Line(Box<Record>),
+    /// Write out everything queued before this, then answer.
+    Flush(SyncSender<()>),
+}
+
 /// A handle to the log writer; cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<Record>,
+    tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -40,7 +47,7 @@ impl AccessLog {
 
     /// Queues a record; drops it (and counts it) when the queue is full.
     pub fn write(&self, record: Record) {
-        match self.tx.try_send(record) {
+        match self.tx.try_send(Msg::Line(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 if self
@@ -54,23 +61,55 @@ impl AccessLog {
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
+
+    /// Waits (at most `limit`) until every line queued so far is written out;
+    /// called at exit so the last requests' lines are not lost.
+    pub fn flush(&self, limit: Duration) {
+        let (ack_tx, ack_rx) = sync_channel(1);
+        let deadline = Instant::now() + limit;
+        let mut msg = Msg::Flush(ack_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
 }
 
-fn write_loop(rx: Receiver<Record>, mut out: BufWriter<Box<dyn Write + Send>>) {
+fn write_loop(rx: Receiver<Msg>, mut out: BufWriter<Box<dyn Write + Send>>) {
     let mut line = Vec::with_capacity(512);
+    let mut failures = 0u64;
+    let mut report = |res: io::Result<()>| {
+        if let Err(e) = res {
+            if failures.is_multiple_of(1000) {
+                tracing::error!(error = %e, "cannot write the access log; lines are being lost");
+            }
+            failures += 1;
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        while let Some(record) = next {
-            line.clear();
-            format_line(&record, &mut line);
-            if out.write_all(&line).is_err() {
-                return;
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(record) => {
+                    line.clear();
+                    format_line(&record, &mut line);
+                    report(out.write_all(&line));
+                }
+                Msg::Flush(ack) => {
+                    report(out.flush());
+                    let _ = ack.try_send(());
+                }
             }
             next = rx.try_recv().ok();
         }
-        if out.flush().is_err() {
-            return;
-        }
+        report(out.flush());
     }
 }
 

@@ -144,6 +144,9 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         let _ = t.join();
     }
     control.shutdown_timeout(Duration::from_millis(100));
+    if let Some(log) = &shared.current.load().access_log {
+        log.flush(Duration::from_secs(2));
+    }
     code
 }
 
