@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
@@ -39,6 +40,8 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// What the HTTP/1.x guard found in this connection's request heads.
     pub verdicts: Arc<Verdicts>,
+    /// The server's count of open connections (tunnels join it).
+    pub active: Arc<AtomicUsize>,
 }
 
 /// Per-request state passed to every step.

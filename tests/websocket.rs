@@ -218,3 +218,32 @@ async fn refused_upgrade_passes_the_upstream_status_back() {
         Message::text("after")
     );
 }
+
+/// An open WebSocket tunnel counts as an open connection: graceful shutdown
+/// keeps it working until the deadline instead of exiting under it.
+#[tokio::test]
+async fn shutdown_waits_for_open_tunnels() {
+    let echo = ws::echo().await;
+    let mut gw = Gateway::start(&format!(
+        "shutdown_timeout: 3s\n{}",
+        config(&[("ws", echo.addr)], &[("/ws", "ws")])
+    ));
+    let addr = gw.addr("main");
+    let (mut client, _) = timeout(
+        LIMIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws/late")),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("handshake failed");
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.send(Message::text("still there?")).await.unwrap();
+    let reply = timeout(LIMIT, client.next())
+        .await
+        .expect("no echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, Message::text("still there?"));
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+}

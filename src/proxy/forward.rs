@@ -121,7 +121,9 @@ pub async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
         let (parts, _) = upstream_resp.into_parts();
         lease.detach();
+        let active = crate::server::conn::Active::track(&ctx.conn.active);
         tokio::spawn(async move {
+            let _active = active;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use hyper::service::service_fn;
@@ -33,8 +33,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut drain: watch::Receiver<bool>,
 ) {
-    shared.active.fetch_add(1, Ordering::Relaxed);
-    let _guard = ActiveGuard(shared.clone());
+    let _active = Active::track(&shared.active);
     let gw = shared.current.load_full();
     let limits = &gw.config.limits;
     // hyper's header read timeout starts with the first byte, and protocol
@@ -57,6 +56,7 @@ pub async fn serve(
         worker: place.worker,
         scheme: "http",
         verdicts,
+        active: shared.active.clone(),
     });
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new());
@@ -117,10 +117,21 @@ pub async fn serve(
     }
 }
 
-struct ActiveGuard(Arc<Shared>);
+/// Counts as one open connection while alive; graceful shutdown waits for
+/// the count to reach zero. An upgraded (WebSocket) tunnel holds one too, so
+/// it outlives the HTTP connection that set it up but not the drain.
+pub struct Active(Arc<AtomicUsize>);
 
-impl Drop for ActiveGuard {
+impl Active {
+    /// Starts counting on `counter`.
+    pub fn track(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -29,7 +29,7 @@ pub struct Shared {
     /// The current snapshot; each request loads it once.
     pub current: ArcSwap<Gateway>,
     /// Open client connections.
-    pub active: AtomicUsize,
+    pub active: Arc<AtomicUsize>,
     /// The config file.
     pub config_path: PathBuf,
     workers: Vec<Handle>,
@@ -108,7 +108,7 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
     }
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(gw),
-        active: AtomicUsize::new(0),
+        active: Arc::new(AtomicUsize::new(0)),
         config_path: path,
         workers: handles,
         listeners: Mutex::new(HashMap::new()),
