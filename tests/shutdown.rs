@@ -295,3 +295,40 @@ async fn second_signal_stops_at_once_with_exit_one() {
         .unwrap();
     assert!(outcome.is_err(), "cut request answered: {outcome:?}");
 }
+
+/// A reload that arrives while draining binds nothing: a listener added by it
+/// never accepts.
+#[tokio::test]
+async fn reload_during_shutdown_binds_nothing() {
+    let mut up = held_upstream(LIMIT).await;
+    let mut gw = Gateway::start(&config(up.addr, "shutdown_timeout: 5s"));
+    let addr = gw.addr("main");
+    let inflight = tokio::spawn(async move { try_get(addr, "/slow").await });
+    timeout(LIMIT, up.arrived.recv()).await.unwrap().unwrap();
+    gw.signal("TERM");
+    assert!(gw.wait_for_log("shutting down", LIMIT));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "listeners: [{{ name: main, address: \"{addr}\" }}, {{ name: late, address: \"127.0.0.1:{port}\" }}]"
+    );
+    let yaml = config(up.addr, "shutdown_timeout: 5s").replace(
+        &format!("listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]"),
+        &extra,
+    );
+    gw.replace_config(&yaml);
+    gw.signal("HUP");
+    assert!(gw.wait_for_log("reload failed", LIMIT), "{}", gw.stderr());
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "a listener was bound during shutdown"
+    );
+    up.release.notify_waiters();
+    let (status, _) = timeout(LIMIT, inflight).await.unwrap().unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(gw.wait_exit(LIMIT), Some(0));
+}

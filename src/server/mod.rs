@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -34,6 +34,9 @@ pub struct Shared {
     pub config_path: PathBuf,
     workers: Vec<Handle>,
     listeners: Mutex<HashMap<(Arc<str>, SocketAddr), RunningListener>>,
+    /// Set (under the `listeners` lock) when shutdown starts: a reload then
+    /// binds nothing new.
+    stopping: AtomicBool,
 }
 
 struct RunningListener {
@@ -112,6 +115,7 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         config_path: path,
         workers: handles,
         listeners: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
     });
     let code = control.block_on(async {
         // Registered before the listeners open, and kept for the life of the
@@ -163,6 +167,9 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
 /// so every connection on a new listener is routed by a snapshot that has it.
 pub async fn apply_listeners(shared: &Arc<Shared>, gw: Arc<Gateway>) -> Result<(), String> {
     let mut running = shared.listeners.lock().await;
+    if shared.stopping.load(Ordering::Relaxed) {
+        return Err("shutting down: the new config is not applied".into());
+    }
     let mut started = Vec::new();
     for l in gw.listeners.iter() {
         let key = (l.name.clone(), l.address);
@@ -258,9 +265,12 @@ async fn accept_loop(
 async fn drain(shared: &Arc<Shared>) {
     let deadline = shared.current.load().config.shutdown_timeout.0;
     tracing::info!(timeout = ?deadline, "shutting down: draining connections");
-    for l in shared.listeners.lock().await.values() {
+    let running = shared.listeners.lock().await;
+    shared.stopping.store(true, Ordering::Relaxed);
+    for l in running.values() {
         let _ = l.drain.send(true);
     }
+    drop(running);
     let until = tokio::time::Instant::now() + deadline;
     while shared.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
