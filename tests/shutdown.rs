@@ -317,7 +317,7 @@ async fn reload_during_shutdown_binds_nothing() {
         "listeners: [{{ name: main, address: \"{addr}\" }}, {{ name: late, address: \"127.0.0.1:{port}\" }}]"
     );
     let yaml = config(up.addr, "shutdown_timeout: 5s").replace(
-        &format!("listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]"),
+        "listeners: [{ name: main, address: \"127.0.0.1:0\" }]",
         &extra,
     );
     gw.replace_config(&yaml);
