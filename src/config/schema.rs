@@ -136,6 +136,10 @@ pub struct LimitsConfig {
     /// Time a client has to send the whole request head.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout: Dur,
+    /// Longest time a write to a client may make no progress (a client that
+    /// stops reading); the connection is closed beyond.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: Dur,
 }
 
 impl Default for LimitsConfig {
@@ -145,6 +149,7 @@ impl Default for LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             header_read_timeout: default_header_timeout(),
+            send_timeout: default_send_timeout(),
         }
     }
 }
@@ -157,6 +162,9 @@ fn default_max_header_bytes() -> Size {
 }
 fn default_max_headers() -> usize {
     100
+}
+fn default_send_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
 }
 fn default_header_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(10))

@@ -125,6 +125,9 @@ impl Validator<'_> {
         if limits.max_headers == 0 {
             self.nowhere("`limits.max_headers` must be greater than 0".into());
         }
+        if limits.send_timeout.0.is_zero() {
+            self.nowhere("`limits.send_timeout` must be greater than 0".into());
+        }
         if limits.header_read_timeout.0.is_zero() {
             self.nowhere("`limits.header_read_timeout` must be greater than 0".into());
         }

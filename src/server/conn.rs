@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::Shared;
 use super::h1_guard::Guarded;
+use super::send_timeout::SendTimeout;
 use crate::pipeline::{self, ConnInfo};
 
 /// Where a connection arrived.
@@ -48,6 +49,7 @@ pub async fn serve(
         }
         () = super::drained(&mut drain) => return,
     }
+    let stream = SendTimeout::new(stream, limits.send_timeout.0);
     let (stream, verdicts) = Guarded::new(stream, limits.max_header_bytes.0);
     let info = Arc::new(ConnInfo {
         peer: place.peer,

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod h1_guard;
 pub mod listener;
 pub mod reload;
+pub mod send_timeout;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
