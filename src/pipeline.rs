@@ -221,7 +221,7 @@ fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
 fn flawed(flaw: Flaw) -> ProxyError {
     match flaw {
         Flaw::AmbiguousLength => ProxyError::new(ErrorKind::BadRequest)
-            .context("both Content-Length and Transfer-Encoding"),
+            .context("ambiguous length: Content-Length with Transfer-Encoding, or given twice"),
         Flaw::HeadTooLarge => ProxyError::new(ErrorKind::HeadersTooLarge),
     }
 }

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What the guard found wrong with a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flaw {
-    /// Both Content-Length and Transfer-Encoding.
+    /// Content-Length with Transfer-Encoding, or Content-Length given twice.
     AmbiguousLength,
     /// The head is larger than the configured limit.
     HeadTooLarge,

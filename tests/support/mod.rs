@@ -224,33 +224,36 @@ impl Reply {
 
 /// Sends one request over a new HTTP/1.1 connection (10 s bound).
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    bounded(async {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
         tokio::spawn(conn);
-        let resp = tx.send_request(req).await.unwrap();
-        read(resp).await
+        read(tx.send_request(req).await.unwrap()).await
     })
     .await
-    .expect("request timed out")
 }
 
 /// Sends one request over a new h2c (prior knowledge) connection (10 s bound).
 pub async fn send_h2(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    bounded(async {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut tx, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let resp = tx.send_request(req).await.unwrap();
-        read(resp).await
+        read(tx.send_request(req).await.unwrap()).await
     })
     .await
-    .expect("request timed out")
+}
+
+/// One exchange, bounded to 10 s.
+async fn bounded(exchange: impl std::future::Future<Output = Reply>) -> Reply {
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("request timed out")
 }
 
 async fn read(resp: Response<hyper::body::Incoming>) -> Reply {
