@@ -41,6 +41,80 @@ pub struct Config {
     /// Routes, matched by specificity (see docs/configuration.md).
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// The admin API listener; off when absent.
+    #[serde(default)]
+    pub admin: Option<Spanned<AdminConfig>>,
+    /// W3C trace context propagation and span export.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// The admin API: health, readiness, config, reload, upstream state, metrics.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` to bind; loopback unless set otherwise.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// Bearer token every admin request must carry, when set.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9901".into()
+}
+
+/// W3C trace context: `traceparent` is propagated upstream, and started when absent.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Share of new traces (no sampled `traceparent` from the client) marked sampled, 0.0..=1.0.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// OTLP/HTTP span export (needs the `otel` cargo feature).
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            sample_ratio: default_sample_ratio(),
+            otlp: None,
+        }
+    }
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+/// Where and how spans are exported over OTLP/HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Collector URL, e.g. `http://127.0.0.1:4318/v1/traces` (plain HTTP).
+    pub endpoint: String,
+    /// `service.name` resource attribute.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans buffered before new ones are dropped (and counted).
+    #[serde(default = "default_otlp_buffer")]
+    pub buffer: usize,
+    /// Longest time a span waits before its batch is sent.
+    #[serde(default = "default_otlp_flush")]
+    pub flush_interval: Dur,
+}
+
+fn default_service_name() -> String {
+    "portico".into()
+}
+fn default_otlp_buffer() -> usize {
+    4096
+}
+fn default_otlp_flush() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
 }
 
 fn default_shutdown_timeout() -> Dur {
@@ -205,6 +279,263 @@ pub struct UpstreamConfig {
     /// How often DNS names among the endpoints are resolved again.
     #[serde(default = "default_resolve_interval")]
     pub resolve_interval: Dur,
+    /// Active health checks; none when absent.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive checks: endpoints that fail are ejected for a while; off when absent.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierConfig>,
+    /// Resource caps; a request over a cap gets 503 at once.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// How many retries may run at once, relative to requests in flight.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+    /// An endpoint that just became available ramps its share of traffic up over this time (0: off).
+    #[serde(default)]
+    pub slow_start: Dur,
+    /// When no endpoint is available, use them all instead of answering 503.
+    #[serde(default)]
+    pub panic_mode: bool,
+}
+
+/// Active health checking of every endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http`, `tcp` or `grpc`.
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    /// HTTP: request path.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// HTTP: request method.
+    #[serde(default = "default_health_method")]
+    pub method: String,
+    /// HTTP and gRPC: Host / `:authority` sent (default: the endpoint's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// HTTP: statuses that count as healthy: codes (`204`) or ranges (`200-399`).
+    #[serde(default = "default_health_statuses")]
+    pub expected_statuses: Vec<StatusRange>,
+    /// gRPC: the service name asked about (empty: the server as a whole).
+    #[serde(default)]
+    pub grpc_service: String,
+    /// Time between two checks of one endpoint.
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    /// Time a check may take before it counts as failed.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    /// Random extra delay, 0..jitter, added to each interval.
+    #[serde(default)]
+    pub jitter: Dur,
+    /// Consecutive passes that make an unhealthy endpoint healthy.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// The kind of active health check.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// An HTTP request whose status must be expected.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+    /// `grpc.health.v1.Health/Check` over h2c; SERVING is healthy.
+    Grpc,
+}
+
+/// A status code or an inclusive range, written `204` or `200-399`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest status in the range.
+    pub from: u16,
+    /// Highest status in the range.
+    pub to: u16,
+}
+
+impl StatusRange {
+    /// Whether `status` is in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.from..=self.to).contains(&status)
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.from == self.to {
+            s.serialize_u16(self.from)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.from, self.to))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a status code (`200`) or a range (`200-399`) within 100-599")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusRange, E> {
+                let code = u16::try_from(v)
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| E::custom(format!("status {v} is not within 100-599")))?;
+                Ok(StatusRange { from: code, to: code })
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                self.visit_u64(u64::try_from(v).map_err(|_| E::custom(format!("status {v} is not within 100-599")))?)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                let parse = |p: &str| {
+                    p.trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|c| (100..=599).contains(c))
+                        .ok_or_else(|| E::custom(format!("`{v}` is not a status code or a range such as `200-399` within 100-599")))
+                };
+                let (from, to) = match v.split_once('-') {
+                    Some((a, b)) => (parse(a)?, parse(b)?),
+                    None => {
+                        let c = parse(v)?;
+                        (c, c)
+                    }
+                };
+                if from > to {
+                    return Err(E::custom(format!("status range `{v}` is empty")));
+                }
+                Ok(StatusRange { from, to })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_health_method() -> String {
+    "GET".into()
+}
+fn default_health_statuses() -> Vec<StatusRange> {
+    vec![StatusRange { from: 200, to: 399 }]
+}
+fn default_health_interval() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+fn default_health_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+/// Passive health: eject endpoints whose real traffic fails.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx answers (the upstream's or the gateway's 502/503/504 for it) that eject (0: off).
+    #[serde(default = "default_consecutive")]
+    pub consecutive_5xx: u32,
+    /// Consecutive connect failures or timeouts that eject (0: off).
+    #[serde(default = "default_consecutive")]
+    pub consecutive_connect_failures: u32,
+    /// Share of failed requests (0.0..=1.0) within `window` that ejects (0: off).
+    #[serde(default)]
+    pub failure_ratio: f64,
+    /// The window the failure ratio is computed over.
+    #[serde(default = "default_outlier_window")]
+    pub window: Dur,
+    /// Requests an endpoint needs within the window before its ratio counts.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// First ejection time; the n-th ejection in a row lasts n times as long.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: Dur,
+    /// Longest ejection time.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: Dur,
+    /// Most endpoints ejected at once, as a percentage (at least one may always be ejected).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_outlier_window() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_base_ejection() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+fn default_max_ejection() -> Dur {
+    Dur(std::time::Duration::from_secs(300))
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+/// Caps on what one upstream may hold at once, across all workers (0: no cap).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Open connections to the upstream.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Requests waiting for a connection.
+    #[serde(default)]
+    pub max_pending: u32,
+    /// Requests in flight to the upstream.
+    #[serde(default)]
+    pub max_requests: u32,
+    /// Retries in flight to the upstream.
+    #[serde(default)]
+    pub max_retries: u32,
+}
+
+/// Retries in flight at once may be at most `percent` of the requests in
+/// flight, or `min_concurrency`, whichever is larger (Envoy's retry budget).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Percentage of requests in flight that may be retries.
+    #[serde(default = "default_budget_percent")]
+    pub percent: f64,
+    /// Retries always allowed at once, whatever the traffic.
+    #[serde(default = "default_budget_min")]
+    pub min_concurrency: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            percent: default_budget_percent(),
+            min_concurrency: default_budget_min(),
+        }
+    }
+}
+
+fn default_budget_percent() -> f64 {
+    20.0
+}
+fn default_budget_min() -> u32 {
+    3
 }
 
 fn default_resolve_interval() -> Dur {
@@ -292,6 +623,8 @@ pub enum BalanceConfig {
     LeastRequest,
     /// Consistent hashing on a request key.
     ConsistentHash(HashKey),
+    /// Power of two choices over latency EWMA times in-flight requests.
+    PeakEwma,
 }
 
 /// What a consistent hash is computed over.
@@ -426,6 +759,85 @@ pub struct RouteConfig {
     /// Answer directly.
     #[serde(default)]
     pub respond: Option<RespondConfig>,
+    /// Retries of failed upstream attempts; none when absent.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+}
+
+/// When and how a failed upstream attempt is tried again.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Failures that are retried.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Upstream statuses that are retried, besides those in `on`.
+    #[serde(default)]
+    pub statuses: Vec<u16>,
+    /// Time one attempt may take until the response head (0: only the upstream's `timeouts.request`).
+    #[serde(default)]
+    pub per_try_timeout: Dur,
+    /// Delay before the first retry; doubled for each next one, with jitter.
+    #[serde(default = "default_backoff_base")]
+    pub backoff: Dur,
+    /// Longest delay between two attempts.
+    #[serde(default = "default_backoff_max")]
+    pub max_backoff: Dur,
+    /// Retry methods that are not idempotent (POST, PATCH) too.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Request body kept for replay; a longer body is not retried once sent.
+    #[serde(default = "default_replay_buffer")]
+    pub replay_buffer: Size,
+}
+
+/// A failure a retry policy may cover.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// Connecting failed or timed out: the request never left.
+    ConnectFailure,
+    /// HTTP/2 REFUSED_STREAM: the upstream did not process the request.
+    RefusedStream,
+    /// The connection closed or reset before a response head.
+    Reset,
+    /// The attempt timed out (per try, or `timeouts.request`).
+    Timeout,
+    /// 502 from the upstream.
+    #[serde(rename = "502")]
+    Status502,
+    /// 503 from the upstream.
+    #[serde(rename = "503")]
+    Status503,
+    /// 504 from the upstream.
+    #[serde(rename = "504")]
+    Status504,
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectFailure,
+        RetryOn::RefusedStream,
+        RetryOn::Reset,
+        RetryOn::Status502,
+        RetryOn::Status503,
+        RetryOn::Status504,
+    ]
+}
+fn default_backoff_base() -> Dur {
+    Dur(std::time::Duration::from_millis(25))
+}
+fn default_backoff_max() -> Dur {
+    Dur(std::time::Duration::from_millis(250))
+}
+fn default_replay_buffer() -> Size {
+    Size(64 * 1024)
 }
 
 /// Request matcher. Every given field must match.

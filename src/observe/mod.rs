@@ -1,6 +1,7 @@
 //! Observability: the per-request record, the access log and request ids.
 
 pub mod access_log;
+pub mod metrics;
 pub mod request_id;
 
 use std::fmt;

@@ -30,8 +30,9 @@
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::state::EndpointState;
 use crate::config::schema::BalanceConfig;
 
 /// Longest round-robin schedule built from unscaled weights.
@@ -74,7 +75,7 @@ impl Balancer {
             match policy {
                 BalanceConfig::RoundRobin => Kind::RoundRobin(RoundRobin::new(&weights, workers)),
                 BalanceConfig::Random => Kind::Random(Weighted::new(&weights)),
-                BalanceConfig::LeastRequest => Kind::LeastRequest(Weighted::new(&weights)),
+                BalanceConfig::LeastRequest | BalanceConfig::PeakEwma => Kind::LeastRequest(Weighted::new(&weights)),
                 BalanceConfig::ConsistentHash(_) => Kind::ConsistentHash {
                     ring: Ring::new(ids, &weights),
                     fallback: Weighted::new(&weights),
@@ -90,7 +91,7 @@ impl Balancer {
     /// `key` is used only by `consistent_hash`; there `None` means a weighted
     /// random pick. `inflight[i]` is endpoint `i`'s in-flight count, read only by
     /// `least_request` (a missing entry counts as 0).
-    pub fn pick(&self, worker: usize, key: Option<&[u8]>, inflight: &[AtomicU32]) -> Option<usize> {
+    pub fn pick(&self, worker: usize, key: Option<&[u8]>, inflight: &[EndpointState]) -> Option<usize> {
         match &self.kind {
             Kind::Empty => None,
             Kind::RoundRobin(rr) => Some(rr.pick(worker)),
@@ -353,14 +354,12 @@ fn edf_schedule(w: &[u64], total: u64) -> Vec<u32> {
 // ---------------------------------------------------------------------------
 // Least request
 
-fn load(inflight: &[AtomicU32], i: usize) -> u64 {
-    inflight
-        .get(i)
-        .map_or(0, |c| u64::from(c.load(Ordering::Relaxed)))
+fn load(inflight: &[EndpointState], i: usize) -> u64 {
+    inflight.get(i).map_or(0, |c| u64::from(c.inflight()))
 }
 
 /// Power of two choices; lower `in_flight / weight` wins, ties go to the first drawn.
-fn least_request(w: &Weighted, inflight: &[AtomicU32]) -> usize {
+fn least_request(w: &Weighted, inflight: &[EndpointState]) -> usize {
     if w.len() == 1 {
         return 0;
     }

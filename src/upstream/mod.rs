@@ -3,10 +3,10 @@
 
 pub mod balance;
 pub mod pool;
+pub mod state;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -14,6 +14,7 @@ use http::HeaderValue;
 use crate::config::{HashKey, UpstreamConfig};
 use balance::Balancer;
 use pool::EndpointPool;
+use state::{EndpointState, UpstreamStats};
 
 /// One configured endpoint.
 pub struct Endpoint {
@@ -76,8 +77,10 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Its endpoints.
     pub endpoints: Box<[Endpoint]>,
-    /// In-flight requests per endpoint.
-    pub inflight: Box<[AtomicU32]>,
+    /// Health, ejection, load and latency per endpoint (index as `endpoints`).
+    pub states: Box<[EndpointState]>,
+    /// Counters and gauges for metrics and circuit breaking.
+    pub stats: UpstreamStats,
     /// The `host: { fixed }` value, as a header value.
     pub fixed_host: Option<HeaderValue>,
     balancer: Balancer,
@@ -100,7 +103,8 @@ impl Upstream {
         Self {
             name: name.into(),
             config: config.clone(),
-            inflight: endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
+            states: endpoints.iter().map(|_| EndpointState::default()).collect(),
+            stats: UpstreamStats::default(),
             fixed_host: match &config.host {
                 crate::config::HostHeader::Fixed(v) => HeaderValue::from_str(v).ok(),
                 _ => None,
@@ -129,7 +133,7 @@ impl Upstream {
     /// Picks an endpoint for a request on `worker`.
     pub fn pick(&self, worker: usize, key: Option<&[u8]>) -> Option<usize> {
         self.balancer
-            .pick(worker % self.pools.len(), key, &self.inflight)
+            .pick(worker % self.pools.len(), key, &self.states)
     }
 
     /// The pool of one endpoint on one worker.
@@ -154,10 +158,10 @@ impl Upstream {
     }
 
     pub(crate) fn begin(&self, endpoint: usize) {
-        self.inflight[endpoint].fetch_add(1, Ordering::Relaxed);
+        self.states[endpoint].begin();
     }
 
     pub(crate) fn end(&self, endpoint: usize) {
-        self.inflight[endpoint].fetch_sub(1, Ordering::Relaxed);
+        self.states[endpoint].end();
     }
 }
