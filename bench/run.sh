@@ -25,6 +25,8 @@ ORIGIN_PORT=${ORIGIN_PORT:-19000}
 NGINX_PORT=${NGINX_PORT:-19080}
 HAPROXY_PORT=${HAPROXY_PORT:-19081}
 PORTICO_PORT=${PORTICO_PORT:-19082}
+PORTICO_FULL_PORT=${PORTICO_FULL_PORT:-19083}
+PORTICO_ADMIN_PORT=${PORTICO_ADMIN_PORT:-19084}
 NGINX_H2_PORT=${NGINX_H2_PORT:-19090}
 HAPROXY_H2_PORT=${HAPROXY_H2_PORT:-19091}
 PORTICO_BIN=${PORTICO_BIN:-$REPO/target/release/portico}
@@ -36,7 +38,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 RESTART=${RESTART:-run}                # run: restart the measured server before each run; never: keep it
 
 ALL_SCENARIOS="small50 small1 small500 64k 1m close h2"
-ALL_PROXIES="direct nginx haproxy portico"
+ALL_PROXIES="direct nginx haproxy portico portico-full"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -257,29 +259,45 @@ backend origin
 EOF
 }
 
-write_portico_conf() {
-    local d=$T/portico al="{ enabled: false }"
+# portico: the bare proxy. portico-full: the same with what a production
+# gateway turns on: a JSON access log to a file, active health checks,
+# outlier detection, a retry policy, the admin API (metrics are always
+# counted) and trace context propagation.
+write_portico_conf() { # name
+    local name=$1 d=$T/$1 al="{ enabled: false }" port=$PORTICO_PORT extra="" retry=""
     mkdir -p "$d"
     [[ $ACCESS_LOG == json ]] && al="{ enabled: true, target: \"$d/access.log\" }"
+    if [[ $name == portico-full ]]; then
+        port=$PORTICO_FULL_PORT
+        al="{ enabled: true, target: \"$d/access.log\" }"
+        extra="    health_check: { type: http, path: /small, interval: 1s }
+    outlier_detection: { consecutive_5xx: 5 }"
+        retry="    retry: { attempts: 2 }"
+    fi
     cat >"$d/portico.yaml" <<EOF
 workers: 1
 access_log: $al
 listeners:
-  - { name: bench, address: "127.0.0.1:$PORTICO_PORT" }
+  - { name: bench, address: "127.0.0.1:$port" }
 upstreams:
   origin:
     endpoints: ["127.0.0.1:$ORIGIN_PORT"]
     pool: { max_idle: $UPSTREAM_POOL }
+$extra
 routes:
   - name: all
     match: { prefix: / }
     upstream: origin
+$retry
 EOF
+    if [[ $name == portico-full ]]; then
+        printf 'admin: { address: "127.0.0.1:%s" }\n' "$PORTICO_ADMIN_PORT" >>"$d/portico.yaml"
+    fi
 }
 
 # ------------------------------------------------------------ start/stop --
-h1_port() { case $1 in direct) echo "$ORIGIN_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; portico) echo "$PORTICO_PORT" ;; esac; }
-h2_port() { case $1 in nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAPROXY_H2_PORT" ;; portico) echo "$PORTICO_PORT" ;; *) echo "" ;; esac; }
+h1_port() { case $1 in direct) echo "$ORIGIN_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; esac; }
+h2_port() { case $1 in nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAPROXY_H2_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; *) echo "" ;; esac; }
 proc_of() { [[ $1 == direct ]] && echo origin || echo "$1"; } # whose CPU/RSS a row reports
 
 start_server() { # name
@@ -299,19 +317,19 @@ start_server() { # name
         taskset -c "$PROXY_CORE" haproxy -db -f "$T/haproxy/haproxy.cfg" \
             >>"$T/haproxy/access.log" 2>"$T/haproxy/stderr.log" &
         pid=$! ;;
-    portico)
-        write_portico_conf
-        taskset -c "$PROXY_CORE" "$PORTICO_BIN" run -c "$T/portico/portico.yaml" \
-            >"$T/portico/stdout.log" 2>"$T/portico/stderr.log" &
+    portico | portico-full)
+        write_portico_conf "$name"
+        taskset -c "$PROXY_CORE" "$PORTICO_BIN" run -c "$T/$name/portico.yaml" \
+            >"$T/$name/stdout.log" 2>"$T/$name/stderr.log" &
         pid=$! ;;
     esac
     PID[$name]=$pid
     local port
     if [[ $name == origin ]]; then port=$ORIGIN_PORT; else port=$(h1_port "$name"); fi
-    if [[ $name == portico ]]; then # documented readiness line, then the port
+    if [[ $name == portico* ]]; then # documented readiness line, then the port
         local i
         for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-            grep -q listening "$T/portico/stderr.log" 2>/dev/null && break
+            grep -q listening "$T/$name/stderr.log" 2>/dev/null && break
             alive "$pid" || break
             sleep 0.1
         done
@@ -467,12 +485,10 @@ run_one() { # round scenario peer
         printf '%s\t%s\t%s\t\t\t\t\t\t\t\tdead\n' "$r" "$s" "$p" >>"$RAW"
         return 0
     fi
-    if [[ $ACCESS_LOG == json ]]; then # the side run's logs grow fast: keep only the current run's
-        local f
-        for f in "$T/nginx/access.log" "$T/haproxy/access.log" "$T/portico/access.log"; do
-            if [[ -f $f ]]; then : >"$f"; fi
-        done
-    fi
+    local f # access logs grow fast: keep only the current run's
+    for f in "$T/nginx/access.log" "$T/haproxy/access.log" "$T/portico/access.log" "$T/portico-full/access.log"; do
+        if [[ -f $f ]]; then : >"$f"; fi
+    done
     if ((WARMUP > 0)); then load_run "$s" "$port" "$WARMUP" "$T/warmup.out" >/dev/null || true; fi
     local pids t0 t1 ticks
     pids=$(tree_pids "$pid")
@@ -581,7 +597,7 @@ report() {
 log "temp dir: $T"
 gcc -O2 -Wall -o "$T/origin" "$HERE/origin.c"
 
-if want portico; then
+if want portico || want portico-full; then
     if [[ $BUILD == 1 ]]; then
         log "cargo build --release (portico)"
         (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release) || die "cargo build --release failed"
@@ -593,6 +609,7 @@ ports=("$ORIGIN_PORT")
 want nginx && ports+=("$NGINX_PORT" "$NGINX_H2_PORT")
 want haproxy && ports+=("$HAPROXY_PORT" "$HAPROXY_H2_PORT")
 want portico && ports+=("$PORTICO_PORT")
+want portico-full && ports+=("$PORTICO_FULL_PORT" "$PORTICO_ADMIN_PORT")
 for port in "${ports[@]}"; do
     port_in_use "$port" && die "port $port is already in use on 127.0.0.1 (set *_PORT env vars)"
 done
@@ -612,7 +629,7 @@ done
 
 ver() { "$@" 2>&1 | head -n 1 || true; }
 VERSIONS="$(ver nginx -v | sed 's/.*: //'), $(ver haproxy -v | awk '{print "HAProxy", $3}'), $(ver wrk -v | awk '{print $1, $2}'), $(ver h2load --version)"
-if want portico; then VERSIONS+=", portico $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)"; fi
+if want portico || want portico-full; then VERSIONS+=", portico $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)"; fi
 log "versions: $VERSIONS"
 log "plan: ${ROUNDS} rounds x [${SCENS[*]}] x [${PEERS[*]}], ${WARMUP}s warm-up + ${DURATION}s each"
 

@@ -50,6 +50,8 @@ pub enum ErrorKind {
     UpstreamFailed,
     /// The client went away or its body stalled.
     ClientFailed,
+    /// A circuit-breaker cap of the upstream is reached.
+    Overloaded,
     /// An internal failure.
     Internal,
 }
@@ -62,7 +64,7 @@ impl ErrorKind {
             Self::BadRequest | Self::ClientFailed => StatusCode::BAD_REQUEST,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,7 +83,7 @@ impl ErrorKind {
             | Self::ConnectTimeout
             | Self::UpstreamTimeout
             | Self::UpstreamFailed => Side::Upstream,
-            Self::NoEndpoint | Self::Internal => Side::Gateway,
+            Self::NoEndpoint | Self::Overloaded | Self::Internal => Side::Gateway,
         }
     }
 
@@ -98,6 +100,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => "upstream-timeout",
             Self::UpstreamFailed => "upstream-failed",
             Self::ClientFailed => "client-failed",
+            Self::Overloaded => "upstream-overloaded",
             Self::Internal => "internal",
         }
     }
@@ -115,6 +118,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => "Upstream timed out",
             Self::UpstreamFailed => "Upstream failed",
             Self::ClientFailed => "Client request failed",
+            Self::Overloaded => "Upstream at capacity",
             Self::Internal => "Internal gateway error",
         }
     }
@@ -140,6 +144,9 @@ pub struct ProxyError {
     pub retry: Retry,
     /// Detail for the gateway's own log; never sent to the client.
     pub context: Option<Box<str>>,
+    /// Detail for the client (the problem's `detail`): only text that is safe
+    /// to show, never addresses or internal errors.
+    pub detail: Option<Box<str>>,
 }
 
 impl ProxyError {
@@ -156,7 +163,16 @@ impl ProxyError {
             kind,
             retry,
             context: None,
+            detail: None,
         }
+    }
+
+    /// Adds detail for the client, which the log gets too.
+    pub fn detail(mut self, detail: impl fmt::Display) -> Self {
+        let detail = detail.to_string().into_boxed_str();
+        self.context = Some(detail.clone());
+        self.detail = Some(detail);
+        self
     }
 
     /// Adds detail for the log.
@@ -174,7 +190,7 @@ impl ProxyError {
         style: ErrorStyle,
     ) -> Response<ResponseBody> {
         match style {
-            ErrorStyle::Problem => problem_response(self.kind, request_id),
+            ErrorStyle::Problem => problem_response(self.kind, self.detail.as_deref(), request_id),
             ErrorStyle::Grpc => grpc_response(self.kind),
         }
     }
@@ -224,14 +240,21 @@ pub fn problem_type(kind: ErrorKind) -> String {
 }
 
 /// Builds an `application/problem+json` answer for `kind`.
-pub fn problem_response(kind: ErrorKind, request_id: &HeaderValue) -> Response<ResponseBody> {
+pub fn problem_response(
+    kind: ErrorKind,
+    detail: Option<&str>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
     let status = kind.status();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "type": problem_type(kind),
         "title": kind.title(),
         "status": status.as_u16(),
         "request_id": request_id.to_str().unwrap_or_default(),
     });
+    if let Some(detail) = detail {
+        body["detail"] = detail.into();
+    }
     let bytes = Bytes::from(body.to_string());
     let mut resp = Response::new(ResponseBody::full(bytes));
     *resp.status_mut() = status;

@@ -12,14 +12,21 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig};
 use crate::filters::{self, Filter};
 use crate::observe::AccessLog;
+use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::proxy::headers::TrustedProxies;
+use crate::proxy::retry::RetryPolicy;
 use crate::routing::{RouteSpec, Router, Template};
 use crate::upstream::Upstream;
 
 /// What a route does once matched.
 pub enum Action {
     /// Forward to an upstream.
-    Proxy(Arc<Upstream>),
+    Proxy {
+        /// Where to.
+        upstream: Arc<Upstream>,
+        /// The route's retry policy.
+        retry: Option<RetryPolicy>,
+    },
     /// Answer with a redirect.
     Redirect {
         /// Location template.
@@ -46,6 +53,8 @@ pub struct Route {
     pub filters: Box<[Filter]>,
     /// What it does.
     pub action: Action,
+    /// Its request counters and duration histogram.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// A listener as the snapshot sees it.
@@ -79,6 +88,10 @@ pub struct Gateway {
     pub trusted_proxies: TrustedProxies,
     /// Write `Forwarded` too.
     pub forwarded_header: bool,
+    /// The metric families. One set per process: each snapshot takes it from
+    /// the one it replaces, so series outlive reloads without global state
+    /// (and `portico check` or a test compiles with a set of its own).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -126,6 +139,7 @@ fn build(
     log_mode: AccessLogMode,
 ) -> Result<Gateway, ConfigErrors> {
     let mut errors = Vec::new();
+    let metrics = previous.map_or_else(Arc::default, |p| p.metrics.clone());
 
     let mut upstreams = BTreeMap::new();
     for (name, up) in &cfg.upstreams {
@@ -193,7 +207,7 @@ fn build(
             .iter()
             .find_map(|l: &Listener| l.router.param_names(index))
             .map(Iterator::collect);
-        match compile_route(&r.value, &upstreams, params.as_deref()) {
+        match compile_route(&r.value, &upstreams, params.as_deref(), &metrics) {
             Ok(route) => routes.push(route),
             Err(msg) => errors.push(ConfigError::at(file, &r.referenced, msg)),
         }
@@ -263,6 +277,7 @@ fn build(
         trust_request_id: cfg.request_id.trust_incoming,
         trusted_proxies,
         forwarded_header: cfg.forwarding.forwarded_header,
+        metrics,
         config: cfg,
     })
 }
@@ -328,6 +343,7 @@ fn compile_route(
     r: &RouteConfig,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     params: Option<&[&str]>,
+    metrics: &Metrics,
 ) -> Result<Route, String> {
     let name = r.name.value.as_str();
     let captures = |p: &str| params.is_none_or(|names| names.contains(&p));
@@ -341,14 +357,15 @@ fn compile_route(
     filters::order(&mut filters);
 
     let action = match (&r.upstream, &r.redirect, &r.respond) {
-        (Some(u), None, None) => {
-            Action::Proxy(upstreams.get(&u.value).cloned().ok_or_else(|| {
+        (Some(u), None, None) => Action::Proxy {
+            upstream: upstreams.get(&u.value).cloned().ok_or_else(|| {
                 format!(
                     "route `{name}` names upstream `{}`, which is not defined",
                     u.value
                 )
-            })?)
-        }
+            })?,
+            retry: r.retry.as_ref().map(RetryPolicy::new),
+        },
         (None, Some(rd), None) => Action::Redirect {
             location: Template::parse(&rd.location)
                 .map_err(|e| format!("redirect location: {e}"))
@@ -390,6 +407,7 @@ fn compile_route(
         name: name.into(),
         filters: filters.into(),
         action,
+        metrics: metrics.route(name),
     })
 }
 

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::error::{ErrorKind, ErrorStyle, ProxyError};
 use crate::filters::Flow;
 use crate::gateway::{Action, Gateway, Route};
+use crate::observe::metrics::{MethodClass, Recording, RouteMetrics};
 use crate::observe::{Exchange, request_id};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::forward;
@@ -58,6 +59,8 @@ pub struct RequestCtx {
     pub upstream_host: Option<HeaderValue>,
     /// The access log record.
     pub exchange: Exchange,
+    /// The matched route's instruments; `None` until a route matches.
+    pub route_metrics: Option<Arc<RouteMetrics>>,
 }
 
 /// Serves one request. Never fails: errors become problem responses here.
@@ -67,6 +70,7 @@ pub async fn handle(
     gw: Arc<Gateway>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
+    let method = MethodClass::of(req.method());
     let request_id = match req.headers().get(&gw.request_id_header) {
         Some(v) if gw.trust_request_id && request_id::accept_incoming(v) => v.clone(),
         _ => request_id::generate(),
@@ -86,6 +90,7 @@ pub async fn handle(
         params: Params::default(),
         upstream_host: None,
         exchange,
+        route_metrics: None,
     };
 
     let error_style = ErrorStyle::of(req.headers());
@@ -107,6 +112,7 @@ pub async fn handle(
     let RequestCtx {
         request_id,
         mut exchange,
+        route_metrics,
         ..
     } = ctx;
     let mut resp = result.unwrap_or_else(|e| {
@@ -128,6 +134,9 @@ pub async fn handle(
     resp.headers_mut()
         .insert(gw.request_id_header.clone(), request_id);
     resp.body_mut().set_exchange(exchange);
+    let route_metrics = route_metrics.unwrap_or_else(|| gw.metrics.unmatched().clone());
+    let recording = Recording::new(route_metrics, method, resp.status(), started);
+    resp.body_mut().set_recording(recording);
     Ok(resp)
 }
 
@@ -138,6 +147,7 @@ async fn route_and_run(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(gw, &req)?;
     let route = find_route(gw, &req, ctx)?;
+    ctx.route_metrics = Some(route.metrics.clone());
     if let Some(r) = ctx.exchange.record() {
         r.route = Some(route.name.clone());
     }
@@ -147,7 +157,9 @@ async fn route_and_run(
         }
     }
     match &route.action {
-        Action::Proxy(upstream) => forward::forward(gw, upstream, req, ctx).await,
+        Action::Proxy { upstream, retry } => {
+            forward::forward(gw, upstream, retry.as_ref(), req, ctx).await
+        }
         Action::Respond {
             status,
             headers,

@@ -13,7 +13,8 @@ use serde_saphyr::Spanned;
 
 use super::load::ConfigError;
 use super::schema::{
-    BalanceConfig, Config, EndpointConfig, HashKey, HostHeader, RouteConfig, UpstreamConfig,
+    BalanceConfig, Config, EndpointConfig, HashKey, HostHeader, RetryConfig, RouteConfig,
+    UpstreamConfig,
 };
 
 /// Most worker runtimes accepted.
@@ -40,6 +41,38 @@ const FRAMING_HEADERS: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// Most attempts a retry policy may make.
+const MAX_ATTEMPTS: u32 = 10;
+/// Largest replay buffer: each retried request may hold this much.
+const MAX_REPLAY_BUFFER: u64 = 16 * 1024 * 1024;
+
+/// What is wrong with a route's `retry` block.
+fn retry_problems(retry: &RetryConfig, proxies: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !proxies {
+        problems.push("`retry` is only allowed with `upstream`".to_owned());
+    }
+    if !(1..=MAX_ATTEMPTS).contains(&retry.attempts) {
+        problems.push(format!(
+            "`retry.attempts` must be between 1 and {MAX_ATTEMPTS} (the first attempt included), got {}",
+            retry.attempts
+        ));
+    }
+    if let Some(s) = retry.statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        problems.push(format!("`retry.statuses`: {s} is not a status code"));
+    }
+    if retry.max_backoff.0 < retry.backoff.0 {
+        problems.push("`retry.max_backoff` must be at least `retry.backoff`".to_owned());
+    }
+    if retry.replay_buffer.0 > MAX_REPLAY_BUFFER {
+        problems.push(format!(
+            "`retry.replay_buffer` must be at most 16MiB, got {} bytes",
+            retry.replay_buffer.0
+        ));
+    }
+    problems
+}
 
 /// Collects all semantic errors in `cfg`, sorted by position.
 pub fn validate(cfg: &Config, file: &str) -> Vec<ConfigError> {
@@ -248,6 +281,107 @@ impl Validator<'_> {
                 format!("upstream `{name}`: host `{h}` is not a valid header value"),
             );
         }
+        self.health_check(name, up);
+        self.resilience(name, up);
+    }
+
+    /// Outlier detection, retry budget and slow start.
+    fn resilience(&mut self, name: &str, up: &Spanned<UpstreamConfig>) {
+        let u = &up.value;
+        let mut problems = Vec::new();
+        if let Some(o) = &u.outlier_detection {
+            if !(0.0..=1.0).contains(&o.failure_ratio) {
+                problems.push(format!(
+                    "`outlier_detection.failure_ratio` must be between 0.0 and 1.0, got {}",
+                    o.failure_ratio
+                ));
+            }
+            if o.failure_ratio > 0.0 && o.window.0.is_zero() {
+                problems.push("`outlier_detection.window` must be greater than 0".to_owned());
+            }
+            if o.base_ejection_time.0.is_zero() {
+                problems.push(
+                    "`outlier_detection.base_ejection_time` must be greater than 0".to_owned(),
+                );
+            }
+            if o.max_ejection_time.0 < o.base_ejection_time.0 {
+                problems.push(
+                    "`outlier_detection.max_ejection_time` must be at least `base_ejection_time`"
+                        .to_owned(),
+                );
+            }
+            if o.max_ejection_percent > 100 {
+                problems.push(format!(
+                    "`outlier_detection.max_ejection_percent` must be at most 100, got {}",
+                    o.max_ejection_percent
+                ));
+            }
+            if o.consecutive_5xx == 0 && o.consecutive_connect_failures == 0 && o.failure_ratio == 0.0
+            {
+                problems.push(
+                    "`outlier_detection` has every trigger off: set `consecutive_5xx`, \
+                     `consecutive_connect_failures` or `failure_ratio`"
+                        .to_owned(),
+                );
+            }
+        }
+        let budget = &u.retry_budget;
+        if !(0.0..=100.0).contains(&budget.percent) {
+            problems.push(format!(
+                "`retry_budget.percent` must be between 0 and 100, got {}",
+                budget.percent
+            ));
+        }
+        for p in problems {
+            self.at(up, format!("upstream `{name}`: {p}"));
+        }
+    }
+
+    fn health_check(&mut self, name: &str, up: &Spanned<UpstreamConfig>) {
+        let Some(hc) = &up.value.health_check else {
+            return;
+        };
+        let mut problems = Vec::new();
+        if hc.interval.0.is_zero() {
+            problems.push("`health_check.interval` must be greater than 0".to_string());
+        }
+        if hc.timeout.0.is_zero() {
+            problems.push("`health_check.timeout` must be greater than 0".into());
+        }
+        if hc.healthy_threshold == 0 {
+            problems.push("`health_check.healthy_threshold` must be at least 1".into());
+        }
+        if hc.unhealthy_threshold == 0 {
+            problems.push("`health_check.unhealthy_threshold` must be at least 1".into());
+        }
+        if !hc.path.starts_with('/') || hc.path.parse::<http::uri::PathAndQuery>().is_err() {
+            problems.push(format!(
+                "`health_check.path` `{}` must be an absolute path such as `/healthz` \
+                 (a query may follow)",
+                hc.path
+            ));
+        }
+        if http::Method::from_bytes(hc.method.as_bytes()).is_err() {
+            problems.push(format!(
+                "`health_check.method` `{}` is not a valid HTTP method",
+                hc.method
+            ));
+        }
+        if let Some(h) = &hc.host
+            && h.parse::<http::uri::Authority>().is_err()
+        {
+            problems.push(format!(
+                "`health_check.host` `{h}` is not a valid host (`name` or `name:port`)"
+            ));
+        }
+        if hc.expected_statuses.is_empty() {
+            problems.push(
+                "`health_check.expected_statuses` must list at least one status or range".into(),
+            );
+        }
+        for p in problems {
+            self.at(up, format!("upstream `{name}`: {p}"));
+        }
     }
 
     fn routes(&mut self, cfg: &Config) {
@@ -367,6 +501,12 @@ impl Validator<'_> {
                         ),
                     );
                 }
+            }
+        }
+
+        if let Some(retry) = &r.retry {
+            for p in retry_problems(retry, r.upstream.is_some()) {
+                self.at(route, format!("route `{name}`: {p}"));
             }
         }
 
@@ -654,6 +794,43 @@ routes:
         assert_eq!(errs.len(), 2, "{errs:#?}");
         assert!(errs[0].message.contains("hash header"));
         assert!(errs[1].message.contains("not a valid header value"));
+    }
+
+    #[test]
+    fn health_check_settings() {
+        let hc = |settings: &str| {
+            BASE.replace(
+                "[10.0.0.1:80]",
+                &format!("[10.0.0.1:80]\n    health_check: {{ {settings} }}"),
+            )
+        };
+        let text = hc("interval: 0s, timeout: 0ms, healthy_threshold: 0, unhealthy_threshold: 0, \
+                       path: healthz, method: \"GE T\", host: \"a b\", expected_statuses: []");
+        let errs = errors(&text);
+        let expected = [
+            "`health_check.interval` must be greater than 0",
+            "`health_check.timeout` must be greater than 0",
+            "`health_check.healthy_threshold` must be at least 1",
+            "`health_check.unhealthy_threshold` must be at least 1",
+            "`health_check.path` `healthz` must be an absolute path",
+            "`health_check.method` `GE T` is not a valid HTTP method",
+            "`health_check.host` `a b` is not a valid host",
+            "`health_check.expected_statuses` must list at least one",
+        ];
+        assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+        for (e, want) in errs.iter().zip(expected) {
+            assert_eq!((e.line, e.column), (6, 5), "{e}");
+            assert!(e.message.starts_with("upstream `api`: "), "{e}");
+            assert!(e.message.contains(want), "{e} lacks {want}");
+        }
+        for ok in [
+            "type: tcp",
+            "type: grpc, grpc_service: pkg.Svc",
+            "path: \"/healthz?full=1\", method: HEAD, host: \"api.internal:8080\", \
+             expected_statuses: [200-299, 418]",
+        ] {
+            assert!(errors(&hc(ok)).is_empty(), "{ok}: {:?}", errors(&hc(ok)));
+        }
     }
 
     #[test]

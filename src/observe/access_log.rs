@@ -121,6 +121,14 @@ pub fn format_line(r: &Record, out: &mut Vec<u8>) {
         Value::String(rfc3339(r.time.unwrap_or_else(SystemTime::now))),
     );
     m.insert("request_id".into(), r.request_id.clone().into());
+    m.insert(
+        "trace_id".into(),
+        r.trace.map(|t| t.trace_id.to_string()).into(),
+    );
+    m.insert(
+        "span_id".into(),
+        r.trace.map(|t| t.span_id.to_string()).into(),
+    );
     m.insert("client".into(), r.client.map(|c| c.ip().to_string()).into());
     m.insert("method".into(), r.method.clone().into());
     m.insert("host".into(), r.host.clone().into());
@@ -205,5 +213,25 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["path"], "/x?y=1");
         assert_eq!(v["bytes_out"], 5);
+        assert_eq!(v["trace_id"], Value::Null);
+    }
+
+    #[test]
+    fn line_carries_the_trace_ids() {
+        use crate::observe::trace::{SpanContext, SpanId, TraceId};
+        let r = Record {
+            trace: Some(SpanContext {
+                trace_id: TraceId([0x0a; 16]),
+                span_id: SpanId([0xb0; 8]),
+                parent_id: None,
+                sampled: false,
+            }),
+            ..Record::default()
+        };
+        let mut out = Vec::new();
+        format_line(&r, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["trace_id"], "0a".repeat(16));
+        assert_eq!(v["span_id"], "b0".repeat(8));
     }
 }

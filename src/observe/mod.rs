@@ -1,8 +1,12 @@
-//! Observability: the per-request record, the access log and request ids.
+//! Observability: the per-request record, the access log, request ids, trace
+//! context and span export.
 
 pub mod access_log;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otlp;
 pub mod request_id;
+pub mod trace;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,23 +18,56 @@ use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
 pub use access_log::AccessLog;
+#[cfg(feature = "otel")]
+pub use otlp::Exporter as SpanExporter;
+use trace::SpanContext;
 
-/// What is known about one request; written to the access log when dropped,
-/// which happens when its response body is done (or the client went away).
-/// With the access log off it is a null pointer, so it costs nothing to carry.
+/// Why a config with `tracing.otlp` is refused by a build without span export.
+#[cfg(not(feature = "otel"))]
+pub const OTLP_NEEDS_FEATURE: &str = "tracing.otlp needs portico built with `--features otel`";
+
+/// Where finished spans go. Without the `otel` feature there is no exporter,
+/// so this type has no values and span export compiles away.
+#[cfg(not(feature = "otel"))]
+#[derive(Clone)]
+pub enum SpanExporter {}
+
+#[cfg(not(feature = "otel"))]
+impl SpanExporter {
+    /// Always fails: validation refuses `tracing.otlp` in this build first.
+    pub fn start(_: &crate::config::OtlpConfig) -> std::io::Result<Self> {
+        Err(std::io::Error::other(OTLP_NEEDS_FEATURE))
+    }
+
+    /// Never called: there is no exporter.
+    pub fn export(&self, _: Record) {
+        match *self {}
+    }
+
+    /// Never called: there is no exporter.
+    pub fn flush(&self, _: Duration) {
+        match *self {}
+    }
+}
+
+/// What is known about one request; written to the access log and exported as
+/// a span when dropped, which happens when its response body is done (or the
+/// client went away). With neither on it is a null pointer, so it costs
+/// nothing to carry.
 #[derive(Default)]
 pub struct Exchange(Option<Box<Logged>>);
 
 struct Logged {
-    sink: AccessLog,
+    log: Option<AccessLog>,
+    spans: Option<SpanExporter>,
     started: Instant,
     record: Record,
     bytes_in: Option<Arc<AtomicU64>>,
     completed: bool,
 }
 
-/// One access log line.
-#[derive(Debug, Default)]
+/// One access log line, and the span of a sampled request.
+#[derive(Debug, Default, Clone)]
 pub struct Record {
     /// Wall-clock start time.
     pub time: Option<SystemTime>,
@@ -60,20 +97,25 @@ pub struct Record {
     pub duration: Duration,
     /// What went wrong, if anything (gateway-side detail).
     pub error: Option<String>,
+    /// The request's trace context.
+    pub trace: Option<SpanContext>,
 }
 
 impl Exchange {
-    /// Starts a record; `sink` None means nothing is recorded or written.
-    pub fn new(sink: Option<AccessLog>, started: Instant) -> Self {
-        Self(sink.map(|sink| {
-            Box::new(Logged {
-                sink,
+    /// Starts a record, for the access log `log` and the span exporter `spans`
+    /// (given only for sampled requests); with neither, nothing is recorded.
+    pub fn new(log: Option<AccessLog>, spans: Option<SpanExporter>, started: Instant) -> Self {
+        if log.is_none() && spans.is_none() {
+            return Self(None);
+        }
+        Self(Some(Box::new(Logged {
+                log,
+                spans,
                 started,
                 record: Record::default(),
                 bytes_in: None,
                 completed: true,
-            })
-        }))
+            })))
     }
 
     /// The record to fill in, when the access log is on.
@@ -89,6 +131,7 @@ impl Exchange {
         path_and_query: &str,
         client: SocketAddr,
         request_id: &HeaderValue,
+        trace: SpanContext,
     ) {
         let Some(r) = self.record() else {
             return;
@@ -99,6 +142,7 @@ impl Exchange {
         r.path = path_and_query.to_owned();
         r.client = Some(client);
         r.request_id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+        r.trace = Some(trace);
     }
 
     /// A counter for request body bytes, when the access log wants it.
@@ -135,7 +179,8 @@ impl Drop for Exchange {
             return;
         };
         let Logged {
-            sink,
+            log,
+            spans,
             started,
             mut record,
             bytes_in,
@@ -146,6 +191,14 @@ impl Drop for Exchange {
         if !completed && record.error.is_none() {
             record.error = Some("response not completed".into());
         }
-        sink.write(record);
+        match (log, spans) {
+            (Some(log), Some(spans)) => {
+                spans.export(record.clone());
+                log.write(record);
+            }
+            (Some(log), None) => log.write(record),
+            (None, Some(spans)) => spans.export(record),
+            (None, None) => {}
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! log line is written. That is how logging always runs, for early answers too.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::observe::Exchange;
+use crate::observe::metrics::Recording;
 use crate::upstream::pool::Lease;
 
 /// The error type of bodies on the request path.
@@ -77,31 +78,136 @@ impl IdleTimer {
 
 /// A client's request body on its way upstream, counted and idle-timed.
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    source: Source,
     counter: Option<Arc<AtomicU64>>,
     idle: IdleTimer,
+}
+
+enum Source {
+    None,
+    Direct(Incoming),
+    /// One attempt's view of a body kept for retries.
+    Replay {
+        tee: Arc<Mutex<Tee>>,
+        /// Next recorded frame to send again.
+        pos: usize,
+        /// The attempt this body belongs to; an older attempt's body stops.
+        generation: u32,
+        hint: SizeHint,
+    },
 }
 
 impl RequestBody {
     /// Wraps a client body; `counter` receives the bytes read.
     pub fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>, idle: Duration) -> Self {
-        let empty = inner.is_end_stream();
+        if inner.is_end_stream() {
+            return Self::empty();
+        }
         Self {
-            inner: (!empty).then_some(inner),
+            source: Source::Direct(inner),
             counter,
-            idle: IdleTimer::new(if empty { Duration::ZERO } else { idle }),
+            idle: IdleTimer::new(idle),
         }
     }
 
     /// No body.
     pub fn empty() -> Self {
         Self {
-            inner: None,
+            source: Source::None,
             counter: None,
             idle: IdleTimer::new(Duration::ZERO),
         }
     }
 }
+
+/// A client body that can be sent again on a retry. Its frames are kept as
+/// they stream (shared `Bytes`, not copies) until more than the replay buffer
+/// has been read; from then on it can only be sent once.
+pub struct Replayable {
+    tee: Arc<Mutex<Tee>>,
+    hint: SizeHint,
+    counter: Option<Arc<AtomicU64>>,
+}
+
+struct Tee {
+    /// The client's body; `None` once it ended.
+    source: Option<Incoming>,
+    recorded: Vec<Recorded>,
+    recorded_len: usize,
+    cap: usize,
+    /// More than `cap` was read: nothing is kept any more.
+    overflowed: bool,
+    generation: u32,
+}
+
+enum Recorded {
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+}
+
+impl Recorded {
+    fn frame(&self) -> Frame<Bytes> {
+        match self {
+            Recorded::Data(d) => Frame::data(d.clone()),
+            Recorded::Trailers(t) => Frame::trailers(t.clone()),
+        }
+    }
+}
+
+impl Replayable {
+    /// Keeps up to `cap` bytes of `inner` for replay; `counter` receives the
+    /// bytes read from the client (once, however often they are sent).
+    pub fn new(inner: Incoming, cap: usize, counter: Option<Arc<AtomicU64>>) -> Self {
+        let hint = inner.size_hint();
+        let source = (!inner.is_end_stream()).then_some(inner);
+        Self {
+            tee: Arc::new(Mutex::new(Tee {
+                source,
+                recorded: Vec::new(),
+                recorded_len: 0,
+                cap,
+                overflowed: false,
+                generation: 0,
+            })),
+            hint,
+            counter,
+        }
+    }
+
+    /// Whether the whole body can still be sent again.
+    pub fn can_replay(&self) -> bool {
+        !lock(&self.tee).overflowed
+    }
+
+    /// The body for the next attempt; the previous attempt's body stops
+    /// yielding. `None` when the body can no longer be replayed.
+    pub fn attempt(&self, idle: Duration) -> Option<RequestBody> {
+        let mut tee = lock(&self.tee);
+        if tee.overflowed {
+            return None;
+        }
+        tee.generation += 1;
+        Some(RequestBody {
+            source: Source::Replay {
+                tee: self.tee.clone(),
+                pos: 0,
+                generation: tee.generation,
+                hint: self.hint.clone(),
+            },
+            counter: self.counter.clone(),
+            idle: IdleTimer::new(idle),
+        })
+    }
+}
+
+fn lock(tee: &Mutex<Tee>) -> std::sync::MutexGuard<'_, Tee> {
+    tee.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A retry started; an earlier attempt's body must not take the client's frames.
+#[derive(Debug, thiserror::Error)]
+#[error("request body superseded by a retry")]
+struct Superseded;
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -112,10 +218,58 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+        let polled = match &mut this.source {
+            Source::None => return Poll::Ready(None),
+            Source::Direct(inner) => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    this.source = Source::None;
+                }
+                polled
+            }
+            Source::Replay {
+                tee,
+                pos,
+                generation,
+                ..
+            } => {
+                let mut tee = lock(tee);
+                if tee.generation != *generation {
+                    return Poll::Ready(Some(Err(Superseded.into())));
+                }
+                if let Some(r) = tee.recorded.get(*pos) {
+                    *pos += 1;
+                    this.idle.touch();
+                    return Poll::Ready(Some(Ok(r.frame())));
+                }
+                let Some(inner) = tee.source.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let polled = Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) if !tee.overflowed => {
+                        let len = frame.data_ref().map_or(0, Bytes::len);
+                        if tee.recorded_len + len > tee.cap {
+                            tee.overflowed = true;
+                            tee.recorded = Vec::new();
+                        } else {
+                            tee.recorded_len += len;
+                            let kept = match (frame.data_ref(), frame.trailers_ref()) {
+                                (Some(d), _) => Some(Recorded::Data(d.clone())),
+                                (None, Some(t)) => Some(Recorded::Trailers(t.clone())),
+                                (None, None) => None,
+                            };
+                            tee.recorded.extend(kept);
+                            *pos = tee.recorded.len();
+                        }
+                    }
+                    Poll::Ready(None) => tee.source = None,
+                    _ => {}
+                }
+                polled
+            }
         };
-        match Pin::new(inner).poll_frame(cx) {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.touch();
                 if let (Some(c), Some(d)) = (this.counter.as_ref(), frame.data_ref()) {
@@ -124,10 +278,7 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => {
-                this.inner = None;
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.idle.poll_expired(cx) {
                     return Poll::Ready(Some(Err(IdleTimeout(this.idle.timeout).into())));
@@ -138,13 +289,22 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        match &self.source {
+            Source::None => true,
+            Source::Direct(b) => b.is_end_stream(),
+            Source::Replay { tee, pos, .. } => {
+                let tee = lock(tee);
+                tee.source.is_none() && *pos >= tee.recorded.len()
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+        match &self.source {
+            Source::None => SizeHint::with_exact(0),
+            Source::Direct(b) => b.size_hint(),
+            Source::Replay { hint, .. } => hint.clone(),
+        }
     }
 }
 
@@ -159,6 +319,8 @@ pub struct ResponseBody {
     idle: IdleTimer,
     lease: Option<Lease>,
     exchange: Exchange,
+    /// Counts the request in its route's metrics when the body is dropped.
+    recording: Option<Recording>,
     ended: bool,
 }
 
@@ -203,6 +365,7 @@ impl ResponseBody {
             idle: IdleTimer::new(idle),
             lease: None,
             exchange: Exchange::default(),
+            recording: None,
             ended: false,
         }
     }
@@ -210,6 +373,11 @@ impl ResponseBody {
     /// Attaches the request's record; it is logged when this body is done.
     pub fn set_exchange(&mut self, exchange: Exchange) {
         self.exchange = exchange;
+    }
+
+    /// Attaches the request's metrics entry; it is recorded when this body is done.
+    pub fn set_recording(&mut self, recording: Recording) {
+        self.recording = Some(recording);
     }
 }
 

@@ -2,6 +2,7 @@
 //! the upstream's answer into the client's, including WebSocket upgrades.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
@@ -9,7 +10,8 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::{RequestBody, ResponseBody};
+use super::body::{Replayable, RequestBody, ResponseBody};
+use super::retry::{self, RetryPolicy};
 use super::headers::{remove_hop_by_hop, set_forwarded};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
@@ -17,21 +19,21 @@ use crate::gateway::Gateway;
 use crate::pipeline::RequestCtx;
 use crate::upstream::{Upstream, pool};
 
-/// Forwards `req` to `upstream` and returns the response to send back.
+/// Forwards `req` to `upstream` and returns the response to send back,
+/// retrying failed attempts as `retry` allows.
 pub async fn forward(
     gw: &Gateway,
     upstream: &Arc<Upstream>,
+    retry: Option<&RetryPolicy>,
     mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let key = hash_key(upstream.hash_key(), &req, ctx);
-    let endpoint = upstream
-        .pick(ctx.conn.worker, key.as_deref())
-        .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
-
     let upgrading = wants_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let h2 = upstream.config.protocol == UpstreamProtocol::H2c;
+    // An upgrade hands the connection over: nothing to retry.
+    let retry = retry.filter(|p| p.attempts > 1 && !upgrading);
 
     // The same host that routed the request: the authority of an absolute-form
     // or HTTP/2 target first, else Host, whose value is shared, not copied.
@@ -39,13 +41,13 @@ pub async fn forward(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
+    // `None`: the endpoint's address, known once one is picked.
     let host = match (&ctx.upstream_host, &upstream.config.host) {
         (Some(h), _) => Some(h.clone()),
         (None, HostHeader::Preserve) => client_host.clone(),
         (None, HostHeader::Endpoint) => None,
         (None, HostHeader::Fixed(_)) => upstream.fixed_host.clone(),
-    }
-    .unwrap_or_else(|| upstream.endpoints[endpoint].host_header.clone());
+    };
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -61,51 +63,108 @@ pub async fn forward(
         gw.forwarded_header,
     );
     headers.insert(gw.request_id_header.clone(), ctx.request_id.clone());
-
     let pq = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if h2 {
-        parts.version = Version::HTTP_2;
+    parts.version = if h2 {
         headers.remove(header::HOST);
-        let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(pq);
-        let authority = host
-            .to_str()
-            .unwrap_or(&upstream.endpoints[endpoint].address);
-        uri = uri.authority(authority);
-        parts.uri = uri
-            .build()
-            .map_err(|e| ProxyError::new(ErrorKind::BadRequest).context(e))?;
+        Version::HTTP_2
     } else {
-        parts.version = Version::HTTP_11;
-        parts.uri = Uri::from(pq);
-        headers.insert(header::HOST, host);
-    }
+        Version::HTTP_11
+    };
 
     let counter = if body.is_end_stream() {
         None
     } else {
         ctx.exchange.bytes_in_counter()
     };
-    let body = RequestBody::new(body, counter, upstream.config.timeouts.idle.0);
-    let sent_at = Instant::now();
-    let sent = pool::send(
-        upstream,
-        ctx.conn.worker,
-        endpoint,
-        Request::from_parts(parts, body),
-    )
-    .await;
+    let idle = upstream.config.timeouts.idle.0;
+    let mut body = match retry {
+        Some(p) if !body.is_end_stream() => {
+            Outgoing::Replay(Replayable::new(body, p.replay_buffer, counter))
+        }
+        Some(_) => Outgoing::Empty,
+        None => Outgoing::Once(Some(RequestBody::new(body, counter, idle))),
+    };
+    let limit = match retry {
+        Some(p) if !p.per_try_timeout.is_zero() => {
+            p.per_try_timeout.min(upstream.config.timeouts.request.0)
+        }
+        _ => upstream.config.timeouts.request.0,
+    };
+    let method = retry.map(|_| parts.method.clone());
+
+    let mut head = Some(parts);
+    let mut avoid = None;
+    let mut attempt = 1;
+    let mut retry_slot = None;
+    let sent = loop {
+        let endpoint = upstream
+            .pick(ctx.conn.worker, key.as_deref(), avoid)
+            .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
+        let last = retry.is_none_or(|p| attempt >= p.attempts);
+        let mut parts = match (&head, last) {
+            (Some(h), false) => copy_head(h),
+            _ => head
+                .take()
+                .ok_or_else(|| ProxyError::new(ErrorKind::Internal).context("request head"))?,
+        };
+        let host = host
+            .clone()
+            .unwrap_or_else(|| upstream.endpoints[endpoint].host_header.clone());
+        address(&mut parts, host, &pq, h2)?;
+        let Some(attempt_body) = body.next(idle) else {
+            return Err(ProxyError::new(ErrorKind::Internal).context("request body not replayable"));
+        };
+        let sent_at = Instant::now();
+        let result = pool::send(
+            upstream,
+            ctx.conn.worker,
+            endpoint,
+            Request::from_parts(parts, attempt_body),
+            limit,
+        )
+        .await;
+        drop(retry_slot.take());
+        if let (Some(p), Some(method)) = (retry, &method)
+            && !last
+            && body.can_replay()
+            && match &result {
+                Ok(sent) => p.retries_status(sent.response.status(), method),
+                Err(e) => p.retries_error(e, method),
+            }
+            && let Some(slot) = retry::take_slot(upstream)
+        {
+            tracing::debug!(
+                upstream = %upstream.name,
+                attempt,
+                outcome = %match &result {
+                    Ok(sent) => sent.response.status().to_string(),
+                    Err(e) => e.to_string(),
+                },
+                "retrying"
+            );
+            drop(result);
+            retry_slot = Some(slot);
+            tokio::time::sleep(p.backoff(attempt)).await;
+            avoid = Some(endpoint);
+            attempt += 1;
+            continue;
+        }
+        if let Some(r) = ctx.exchange.record() {
+            r.upstream_duration = Some(sent_at.elapsed());
+        }
+        break result?;
+    };
     let pool::Sent {
         response,
         lease,
         addr,
-    } = sent?;
+    } = sent;
     if let Some(r) = ctx.exchange.record() {
         r.upstream = Some(addr);
-        r.upstream_duration = Some(sent_at.elapsed());
     }
 
     let (mut parts, body) = response.into_parts();
@@ -142,6 +201,68 @@ pub async fn forward(
         parts,
         ResponseBody::upstream(body, Some(lease), upstream.config.timeouts.idle.0),
     ))
+}
+
+/// The request body for each attempt.
+enum Outgoing {
+    /// Sent once: no retry policy.
+    Once(Option<RequestBody>),
+    /// No body: any number of attempts.
+    Empty,
+    /// Kept for replay up to the policy's buffer.
+    Replay(Replayable),
+}
+
+impl Outgoing {
+    fn next(&mut self, idle: Duration) -> Option<RequestBody> {
+        match self {
+            Outgoing::Once(b) => b.take(),
+            Outgoing::Empty => Some(RequestBody::empty()),
+            Outgoing::Replay(r) => r.attempt(idle),
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        match self {
+            Outgoing::Once(_) => false,
+            Outgoing::Empty => true,
+            Outgoing::Replay(r) => r.can_replay(),
+        }
+    }
+}
+
+/// A copy of a request head for one more attempt (extensions are not copied:
+/// nothing upstream reads them).
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = head.method.clone();
+    copy.uri = head.uri.clone();
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}
+
+/// Sets the target and host of an attempt: origin-form plus `Host` for
+/// HTTP/1.1, scheme and `:authority` for HTTP/2.
+fn address(
+    parts: &mut http::request::Parts,
+    host: HeaderValue,
+    pq: &PathAndQuery,
+    h2: bool,
+) -> Result<(), ProxyError> {
+    if h2 {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(host.as_bytes())
+            .path_and_query(pq.clone())
+            .build()
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest).context(e))?;
+        parts.uri = uri;
+    } else {
+        parts.uri = Uri::from(pq.clone());
+        parts.headers.insert(header::HOST, host);
+    }
+    Ok(())
 }
 
 /// An HTTP/1.1 request asking to switch protocols (RFC 9110 §7.8).

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use hyper::service::service_fn;
+use prometheus_client::metrics::gauge::Gauge;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::h1_guard::Guarded;
 use super::send_timeout::SendTimeout;
+use crate::observe::metrics::OpenConnection;
 use crate::pipeline::{self, ConnInfo};
 
 /// Where a connection arrived.
@@ -25,6 +27,8 @@ pub struct Place {
     pub listener: Arc<str>,
     /// The worker that accepted it.
     pub worker: usize,
+    /// The listener's open connections gauge.
+    pub connections: Gauge,
 }
 
 /// Serves `stream` until it closes, or closes it gracefully when `drain` fires.
@@ -35,6 +39,7 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) {
     let _active = Active::track(&shared.active);
+    let _open = OpenConnection::new(place.connections);
     let gw = shared.current.load_full();
     let limits = &gw.config.limits;
     // hyper's header read timeout starts with the first byte, and protocol

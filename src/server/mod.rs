@@ -45,6 +45,15 @@ struct RunningListener {
     drain: watch::Sender<bool>,
 }
 
+impl Shared {
+    /// Whether the gateway takes traffic: at least one listener accepts and
+    /// shutdown has not started.
+    pub async fn is_ready(&self) -> bool {
+        let running = self.listeners.lock().await;
+        !running.is_empty() && !self.stopping.load(Ordering::Relaxed)
+    }
+}
+
 /// The number of workers to run.
 pub fn worker_count(cfg: &Config) -> usize {
     cfg.workers
@@ -131,6 +140,8 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         tracing::info!(workers, "portico started");
         tokio::spawn(reloads);
         tokio::spawn(maintain(shared.clone()));
+        let snapshot = shared.clone();
+        tokio::spawn(crate::upstream::health::supervise(move || snapshot.current.load_full()));
         signals.recv().await;
         tokio::select! {
             () = drain(&shared) => 0,
@@ -242,12 +253,19 @@ async fn accept_loop(
     mut drain: watch::Receiver<bool>,
 ) {
     let conn_drain = drain.clone();
+    // Looked up once: the metric families outlive snapshots.
+    let connections = shared.current.load().metrics.listener_connections(&name);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let place = conn::Place { peer, listener: name.clone(), worker };
+                    let place = conn::Place {
+                        peer,
+                        listener: name.clone(),
+                        worker,
+                        connections: connections.clone(),
+                    };
                     tokio::spawn(conn::serve(stream, place, shared.clone(), conn_drain.clone()));
                 }
                 Err(e) => {
@@ -350,9 +368,28 @@ async fn maintain(shared: Arc<Shared>) {
     }
 }
 
+/// Why a reload was refused; the previous snapshot keeps serving either way.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load, validate or compile (`file:line:column` errors).
+    #[error("{0}")]
+    Invalid(String),
+    /// The config is valid but was not applied: a listener cannot be bound,
+    /// shutdown has started, or the reload task failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Loads, compiles and swaps in the config file; the old snapshot keeps
-/// serving when anything fails.
-pub async fn reload(shared: &Arc<Shared>) -> Result<(), String> {
+/// serving when anything fails. SIGHUP, the file watcher and the admin API
+/// all reload here, so each reload is counted once.
+pub async fn reload(shared: &Arc<Shared>) -> Result<(), ReloadError> {
+    let result = load_and_apply(shared).await;
+    shared.current.load().metrics.reloaded(result.is_ok());
+    result
+}
+
+async fn load_and_apply(shared: &Arc<Shared>) -> Result<(), ReloadError> {
     let path = shared.config_path.clone();
     let previous = shared.current.load_full();
     let workers = previous.workers;
@@ -362,11 +399,18 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<(), String> {
         if worker_count(&cfg) != workers {
             tracing::warn!("`workers` changed; it takes effect at the next restart");
         }
+        if cfg.admin.as_ref().map(|a| &a.value) != previous.config.admin.as_ref().map(|a| &a.value)
+        {
+            tracing::warn!("`admin` changed; it takes effect at the next restart");
+        }
         gateway::compile(cfg, &file, workers, Some(&previous)).map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| format!("reload task failed: {e}"))??;
-    apply_listeners(shared, Arc::new(compiled)).await
+    .map_err(|e| ReloadError::Failed(format!("reload task failed: {e}")))?
+    .map_err(ReloadError::Invalid)?;
+    apply_listeners(shared, Arc::new(compiled))
+        .await
+        .map_err(ReloadError::Failed)
 }
 
 /// Resolves once `drain` turns true (or its sender is gone).

@@ -32,13 +32,17 @@ use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::state::EndpointState;
+use super::state::{EndpointState, now_ms};
 use crate::config::schema::BalanceConfig;
 
 /// Longest round-robin schedule built from unscaled weights.
 const MAX_SCHEDULE: u64 = 1 << 16;
 /// Most work (schedule length × endpoints) spent on NGINX's O(n) per step build.
 const SMOOTH_BUILD_BUDGET: u64 = 1 << 22;
+/// Schedule entries round robin looks ahead for a usable endpoint.
+const MAX_SKIPS: usize = 64;
+/// Draws random and P2C policies make before giving up on finding a usable endpoint.
+const MAX_DRAWS: usize = 8;
 /// Virtual nodes on the hash ring per unit of (gcd-reduced) weight.
 const RING_POINTS_PER_WEIGHT: u64 = 160;
 /// Most points on one hash ring.
@@ -57,6 +61,7 @@ enum Kind {
     RoundRobin(RoundRobin),
     Random(Weighted),
     LeastRequest(Weighted),
+    PeakEwma(Weighted),
     ConsistentHash { ring: Ring, fallback: Weighted },
 }
 
@@ -75,7 +80,8 @@ impl Balancer {
             match policy {
                 BalanceConfig::RoundRobin => Kind::RoundRobin(RoundRobin::new(&weights, workers)),
                 BalanceConfig::Random => Kind::Random(Weighted::new(&weights)),
-                BalanceConfig::LeastRequest | BalanceConfig::PeakEwma => Kind::LeastRequest(Weighted::new(&weights)),
+                BalanceConfig::LeastRequest => Kind::LeastRequest(Weighted::new(&weights)),
+                BalanceConfig::PeakEwma => Kind::PeakEwma(Weighted::new(&weights)),
                 BalanceConfig::ConsistentHash(_) => Kind::ConsistentHash {
                     ring: Ring::new(ids, &weights),
                     fallback: Weighted::new(&weights),
@@ -85,22 +91,37 @@ impl Balancer {
         Balancer { len, kind }
     }
 
-    /// Picks an endpoint index; `None` only when the upstream has no endpoints.
+    /// Picks an endpoint index for which `usable` holds; `None` when the
+    /// policy found none in a few draws (the caller falls back to a scan).
     ///
     /// `worker` selects the round-robin cursor (taken modulo the worker count).
     /// `key` is used only by `consistent_hash`; there `None` means a weighted
-    /// random pick. `inflight[i]` is endpoint `i`'s in-flight count, read only by
-    /// `least_request` (a missing entry counts as 0).
-    pub fn pick(&self, worker: usize, key: Option<&[u8]>, inflight: &[EndpointState]) -> Option<usize> {
+    /// random pick, and an unusable owner passes the key on to the next
+    /// endpoint round the ring. `states` gives the load that `least_request`
+    /// and `peak_ewma` compare (a missing entry counts as idle).
+    pub fn pick(
+        &self,
+        worker: usize,
+        key: Option<&[u8]>,
+        states: &[EndpointState],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         match &self.kind {
             Kind::Empty => None,
-            Kind::RoundRobin(rr) => Some(rr.pick(worker)),
-            Kind::Random(w) => Some(w.pick()),
-            Kind::LeastRequest(w) => Some(least_request(w, inflight)),
-            Kind::ConsistentHash { ring, fallback } => Some(match key {
-                Some(key) => ring.lookup(key),
-                None => fallback.pick(),
-            }),
+            Kind::RoundRobin(rr) => rr.pick(worker, usable),
+            Kind::Random(w) => redraw(|| Some(w.pick()), usable),
+            Kind::LeastRequest(w) => redraw(|| p2c(w, &usable, |i| load(states, i)), &usable),
+            Kind::PeakEwma(w) => {
+                let now = now_ms();
+                redraw(
+                    || p2c(w, &usable, |i| states.get(i).map_or(0.0, |s| s.cost(now))),
+                    &usable,
+                )
+            }
+            Kind::ConsistentHash { ring, fallback } => match key {
+                Some(key) => ring.lookup(key, usable),
+                None => redraw(|| Some(fallback.pick()), usable),
+            },
         }
     }
 
@@ -122,6 +143,7 @@ impl fmt::Debug for Balancer {
             Kind::RoundRobin(_) => "round_robin",
             Kind::Random(_) => "random",
             Kind::LeastRequest(_) => "least_request",
+            Kind::PeakEwma(_) => "peak_ewma",
             Kind::ConsistentHash { .. } => "consistent_hash",
         };
         f.debug_struct("Balancer")
@@ -250,14 +272,18 @@ impl RoundRobin {
         }
     }
 
-    fn pick(&self, worker: usize) -> usize {
-        let at = match self.cursors.get(worker % self.cursors.len()) {
-            Some(cursor) => cursor.0.fetch_add(1, Ordering::Relaxed),
-            None => 0,
-        };
-        self.schedule
-            .get(at % self.schedule.len())
-            .map_or(0, |&i| i as usize)
+    /// The next usable endpoint in the schedule, looking at most
+    /// `MAX_SKIPS` entries ahead.
+    fn pick(&self, worker: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let cursor = self.cursors.get(worker % self.cursors.len())?;
+        for _ in 0..self.schedule.len().min(MAX_SKIPS) {
+            let at = cursor.0.fetch_add(1, Ordering::Relaxed);
+            let i = self.schedule.get(at % self.schedule.len()).map_or(0, |&i| i as usize);
+            if usable(i) {
+                return Some(i);
+            }
+        }
+        None
     }
 }
 
@@ -354,23 +380,41 @@ fn edf_schedule(w: &[u64], total: u64) -> Vec<u32> {
 // ---------------------------------------------------------------------------
 // Least request
 
-fn load(inflight: &[EndpointState], i: usize) -> u64 {
-    inflight.get(i).map_or(0, |c| u64::from(c.inflight()))
+fn load(states: &[EndpointState], i: usize) -> f64 {
+    states.get(i).map_or(0.0, |s| f64::from(s.inflight()))
 }
 
-/// Power of two choices; lower `in_flight / weight` wins, ties go to the first drawn.
-fn least_request(w: &Weighted, inflight: &[EndpointState]) -> usize {
+/// Power of two choices: lower `cost / weight` wins, ties go to the first
+/// drawn; an unusable draw loses to a usable one.
+fn p2c(
+    w: &Weighted,
+    usable: impl Fn(usize) -> bool,
+    cost: impl Fn(usize) -> f64,
+) -> Option<usize> {
     if w.len() == 1 {
-        return 0;
+        return Some(0);
     }
     let a = w.pick();
     let b = w.pick_excluding(a);
-    // load_b / w_b < load_a / w_a, cross-multiplied.
-    if load(inflight, b) * w.weight(a) < load(inflight, a) * w.weight(b) {
-        b
-    } else {
-        a
+    match (usable(a), usable(b)) {
+        (true, false) => return Some(a),
+        (false, true) => return Some(b),
+        (false, false) => return None,
+        (true, true) => {}
     }
+    // cost_b / w_b < cost_a / w_a, cross-multiplied.
+    if cost(b) * (w.weight(a) as f64) < cost(a) * (w.weight(b) as f64) {
+        Some(b)
+    } else {
+        Some(a)
+    }
+}
+
+/// Draws up to `MAX_DRAWS` times until a usable endpoint comes up.
+fn redraw(draw: impl Fn() -> Option<usize>, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    (0..MAX_DRAWS)
+        .filter_map(|_| draw())
+        .find(|&i| usable(i))
 }
 
 // ---------------------------------------------------------------------------
@@ -447,12 +491,16 @@ impl Ring {
         }
     }
 
-    /// The owner of the first point at or after the key's hash (wrapping round).
-    fn lookup(&self, key: &[u8]) -> usize {
+    /// The owner of the first point at or after the key's hash (wrapping
+    /// round) that is usable: a key whose endpoint is down moves to the next
+    /// endpoint on the ring, and only that key's share moves.
+    fn lookup(&self, key: &[u8], usable: impl Fn(usize) -> bool) -> Option<usize> {
         let h = hash_key(key);
-        let at = self.hashes.partition_point(|&p| p < h);
-        let at = if at == self.hashes.len() { 0 } else { at };
-        self.owners.get(at).map_or(0, |&i| i as usize)
+        let start = self.hashes.partition_point(|&p| p < h);
+        let n = self.owners.len();
+        (0..n)
+            .map(|k| self.owners[(start + k) % n] as usize)
+            .find(|&i| usable(i))
     }
 }
 
@@ -462,8 +510,20 @@ mod tests {
     use super::*;
     use crate::config::schema::HashKey;
 
-    fn idle(n: usize) -> Vec<AtomicU32> {
-        (0..n).map(|_| AtomicU32::new(0)).collect()
+    fn idle(n: usize) -> Vec<EndpointState> {
+        loaded(&vec![0; n])
+    }
+
+    /// Endpoint states with these requests in flight.
+    fn loaded(inflight: &[u32]) -> Vec<EndpointState> {
+        inflight
+            .iter()
+            .map(|&n| {
+                let s = EndpointState::default();
+                (0..n).for_each(|_| s.begin());
+                s
+            })
+            .collect()
     }
 
     fn ids(n: usize) -> Vec<String> {
@@ -475,10 +535,10 @@ mod tests {
         Balancer::new(policy, &refs, weights, workers)
     }
 
-    fn counts(b: &Balancer, worker: usize, picks: usize, inflight: &[AtomicU32]) -> Vec<usize> {
+    fn counts(b: &Balancer, worker: usize, picks: usize, inflight: &[EndpointState]) -> Vec<usize> {
         let mut c = vec![0; b.len()];
         for _ in 0..picks {
-            c[b.pick(worker, None, inflight).unwrap()] += 1;
+            c[b.pick(worker, None, inflight, |_| true).unwrap()] += 1;
         }
         c
     }
@@ -520,8 +580,8 @@ mod tests {
         for policy in all_policies() {
             let b = Balancer::new(&policy, &[], &[], 4);
             assert!(b.is_empty());
-            assert_eq!(b.pick(0, None, &[]), None);
-            assert_eq!(b.pick(0, Some(b"k"), &[]), None);
+            assert_eq!(b.pick(0, None, &[], |_| true), None);
+            assert_eq!(b.pick(0, Some(b"k"), &[], |_| true), None);
         }
     }
 
@@ -530,8 +590,8 @@ mod tests {
         for policy in all_policies() {
             let b = build(&policy, &ids(1), &[7], 2);
             for w in 0..4 {
-                assert_eq!(b.pick(w, None, &idle(1)), Some(0));
-                assert_eq!(b.pick(w, Some(b"x"), &idle(1)), Some(0));
+                assert_eq!(b.pick(w, None, &idle(1), |_| true), Some(0));
+                assert_eq!(b.pick(w, Some(b"x"), &idle(1), |_| true), Some(0));
             }
         }
     }
@@ -539,7 +599,7 @@ mod tests {
     #[test]
     fn smooth_wrr_matches_nginx_sequence() {
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[5, 1, 1], 1);
-        let seq: Vec<usize> = (0..14).map(|_| b.pick(0, None, &[]).unwrap()).collect();
+        let seq: Vec<usize> = (0..14).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     }
 
@@ -548,28 +608,28 @@ mod tests {
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[3, 2, 1], 1);
         assert_eq!(counts(&b, 0, 6000, &[]), [3000, 2000, 1000]);
         // Never two of the smaller endpoints' picks in a row when a bigger one is due.
-        let seq: Vec<usize> = (0..6).map(|_| b.pick(0, None, &[]).unwrap()).collect();
+        let seq: Vec<usize> = (0..6).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
         assert_eq!(seq, [0, 1, 0, 2, 1, 0]);
     }
 
     #[test]
     fn weights_reduced_by_gcd() {
         let b = build(&BalanceConfig::RoundRobin, &ids(2), &[10, 20], 1);
-        let seq: Vec<usize> = (0..6).map(|_| b.pick(0, None, &[]).unwrap()).collect();
+        let seq: Vec<usize> = (0..6).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
         assert_eq!(seq, [1, 0, 1, 1, 0, 1]);
     }
 
     #[test]
     fn equal_weights_rotate() {
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[4, 4, 4], 1);
-        let seq: Vec<usize> = (0..7).map(|_| b.pick(0, None, &[]).unwrap()).collect();
+        let seq: Vec<usize> = (0..7).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
         assert_eq!(seq, [0, 1, 2, 0, 1, 2, 0]);
     }
 
     #[test]
     fn workers_have_own_staggered_cursors() {
         let b = build(&BalanceConfig::RoundRobin, &ids(4), &[1, 1, 1, 1], 4);
-        let first: Vec<usize> = (0..4).map(|w| b.pick(w, None, &[]).unwrap()).collect();
+        let first: Vec<usize> = (0..4).map(|w| b.pick(w, None, &[], |_| true).unwrap()).collect();
         assert_eq!(first, [0, 1, 2, 3]);
 
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[3, 2, 1], 4);
@@ -577,7 +637,7 @@ mod tests {
             assert_eq!(counts(&b, w, 600, &[]), [300, 200, 100], "worker {w}");
         }
         // Out-of-range worker numbers wrap instead of panicking.
-        assert!(b.pick(17, None, &[]).is_some());
+        assert!(b.pick(17, None, &[], |_| true).is_some());
     }
 
     #[test]
@@ -663,18 +723,12 @@ mod tests {
     #[test]
     fn least_request_prefers_fewer_in_flight() {
         let b = build(&BalanceConfig::LeastRequest, &ids(2), &[1, 1], 1);
-        let inflight = idle(2);
-        inflight[0].store(5, Ordering::Relaxed);
-        assert!(counts(&b, 0, 2000, &inflight)[0] == 0);
-        inflight[0].store(0, Ordering::Relaxed);
-        inflight[1].store(1, Ordering::Relaxed);
-        assert!(counts(&b, 0, 2000, &inflight)[1] == 0);
+        assert!(counts(&b, 0, 2000, &loaded(&[5, 0]))[0] == 0);
+        assert!(counts(&b, 0, 2000, &loaded(&[0, 1]))[1] == 0);
 
         // With more endpoints the busiest one can never win a comparison.
         let b = build(&BalanceConfig::LeastRequest, &ids(4), &[1, 1, 1, 1], 1);
-        let inflight = idle(4);
-        inflight[2].store(9, Ordering::Relaxed);
-        let c = counts(&b, 0, 4000, &inflight);
+        let c = counts(&b, 0, 4000, &loaded(&[0, 0, 9, 0]));
         assert_eq!(c[2], 0);
         assert!(c.iter().enumerate().all(|(i, &n)| i == 2 || n > 1000));
     }
@@ -683,19 +737,15 @@ mod tests {
     fn least_request_divides_by_weight() {
         // 3 in flight at weight 4 (0.75) beats 1 in flight at weight 1.
         let b = build(&BalanceConfig::LeastRequest, &ids(2), &[4, 1], 1);
-        let inflight = idle(2);
-        inflight[0].store(3, Ordering::Relaxed);
-        inflight[1].store(1, Ordering::Relaxed);
-        assert_eq!(counts(&b, 0, 1000, &inflight), [1000, 0]);
+        assert_eq!(counts(&b, 0, 1000, &loaded(&[3, 1])), [1000, 0]);
         // 5 at weight 4 (1.25) loses to 1 at weight 1.
-        inflight[0].store(5, Ordering::Relaxed);
-        assert_eq!(counts(&b, 0, 1000, &inflight), [0, 1000]);
+        assert_eq!(counts(&b, 0, 1000, &loaded(&[5, 1])), [0, 1000]);
     }
 
     #[test]
     fn least_request_tolerates_short_inflight_slice() {
         let b = build(&BalanceConfig::LeastRequest, &ids(3), &[1, 1, 1], 1);
-        assert!(b.pick(0, None, &[]).is_some());
+        assert!(b.pick(0, None, &[], |_| true).is_some());
     }
 
     fn keys() -> Vec<String> {
@@ -707,7 +757,7 @@ mod tests {
         let b = build(&ch(), ids, weights, 1);
         keys()
             .iter()
-            .map(|k| ids[b.pick(0, Some(k.as_bytes()), &[]).unwrap()].clone())
+            .map(|k| ids[b.pick(0, Some(k.as_bytes()), &[], |_| true).unwrap()].clone())
             .collect()
     }
 
@@ -719,9 +769,9 @@ mod tests {
         let b = build(&ch(), &ids(5), &[1; 5], 1);
         let again = build(&ch(), &ids(5), &[1; 5], 3);
         for k in keys().iter().take(1000) {
-            let first = b.pick(0, Some(k.as_bytes()), &[]);
-            assert_eq!(b.pick(1, Some(k.as_bytes()), &[]), first);
-            assert_eq!(again.pick(2, Some(k.as_bytes()), &[]), first);
+            let first = b.pick(0, Some(k.as_bytes()), &[], |_| true);
+            assert_eq!(b.pick(1, Some(k.as_bytes()), &[], |_| true), first);
+            assert_eq!(again.pick(2, Some(k.as_bytes()), &[], |_| true), first);
         }
     }
 
@@ -799,7 +849,7 @@ mod tests {
         let b = build(&ch(), &ids, &[1, 1], 1);
         let mut c = [0; 2];
         for k in keys() {
-            c[b.pick(0, Some(k.as_bytes()), &[]).unwrap()] += 1;
+            c[b.pick(0, Some(k.as_bytes()), &[], |_| true).unwrap()] += 1;
         }
         assert!(c[0] > 3000 && c[1] > 3000, "{c:?}");
     }

@@ -2,6 +2,8 @@
 //! connection pool per worker and endpoint.
 
 pub mod balance;
+pub mod health;
+pub mod outlier;
 pub mod pool;
 pub mod state;
 
@@ -15,6 +17,13 @@ use crate::config::{HashKey, UpstreamConfig};
 use balance::Balancer;
 use pool::EndpointPool;
 use state::{EndpointState, UpstreamStats};
+
+/// Slow start: an endpoint that became available `warmth` of the way through
+/// its ramp takes that share of the picks that land on it.
+fn admits_while_warming(state: &EndpointState, slow_start: std::time::Duration) -> bool {
+    let warmth = state.warmth(slow_start, state::now_ms());
+    warmth >= 1.0 || fastrand::f64() < warmth
+}
 
 /// One configured endpoint.
 pub struct Endpoint {
@@ -130,10 +139,36 @@ impl Upstream {
         }
     }
 
-    /// Picks an endpoint for a request on `worker`.
-    pub fn pick(&self, worker: usize, key: Option<&[u8]>) -> Option<usize> {
-        self.balancer
-            .pick(worker % self.pools.len(), key, &self.states)
+    /// Picks an endpoint for a request on `worker`: one that is healthy, not
+    /// ejected and not `avoid` (the endpoint a retry moves away from).
+    ///
+    /// Falls back, in order, to any available endpoint, to `avoid` itself, and
+    /// in panic mode to any endpoint at all; `None` means 503.
+    pub fn pick(&self, worker: usize, key: Option<&[u8]>, avoid: Option<usize>) -> Option<usize> {
+        let worker = worker % self.pools.len();
+        let states = &self.states;
+        let slow_start = self.config.slow_start.0;
+        let usable = |i: usize| {
+            Some(i) != avoid
+                && states[i].is_available()
+                && (slow_start.is_zero() || admits_while_warming(&states[i], slow_start))
+        };
+        if let Some(i) = self.balancer.pick(worker, key, states, usable) {
+            return Some(i);
+        }
+        let n = states.len();
+        let start = fastrand::usize(..n.max(1));
+        let available = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| Some(i) != avoid && states[i].is_available());
+        available
+            .or(avoid.filter(|&i| states[i].is_available()))
+            .or_else(|| {
+                self.config
+                    .panic_mode
+                    .then(|| self.balancer.pick(worker, key, states, |_| true))
+                    .flatten()
+            })
     }
 
     /// The pool of one endpoint on one worker.
@@ -148,6 +183,12 @@ impl Upstream {
                 p.sweep(self.config.pool.idle_timeout.0);
             }
         }
+    }
+
+    /// Idle pooled connections, all workers and endpoints together. Takes each
+    /// pool's lock in turn, like the idle sweep: for metrics scrapes only.
+    pub fn idle_connections(&self) -> usize {
+        self.pools.iter().flatten().map(EndpointPool::idle_len).sum()
     }
 
     /// Re-resolves DNS endpoints.

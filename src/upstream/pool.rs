@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, futu
 use tokio::time::{Instant, timeout};
 
 use super::Upstream;
+use super::outlier::Outcome;
+use super::state::{Cap, Held};
 use crate::config::{PoolConfig, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::proxy::body::RequestBody;
@@ -82,10 +85,16 @@ impl EndpointPool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
     }
+
+    /// Idle HTTP/1.1 connections kept now (for metrics; takes the pool's lock).
+    pub fn idle_len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
 }
 
-/// A request's claim on an endpoint: counts as in flight until finished, and
-/// for HTTP/1.1 holds the connection until the response body has ended.
+/// A request's claim on an endpoint: counts as in flight (for the balancer and
+/// `circuit_breaker.max_requests`) until dropped, and for HTTP/1.1 holds the
+/// connection until the response body has ended.
 pub struct Lease {
     upstream: Arc<Upstream>,
     worker: usize,
@@ -94,6 +103,24 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Claims `endpoint`, unless the upstream is at `max_requests`.
+    fn begin(upstream: &Arc<Upstream>, worker: usize, endpoint: usize) -> Result<Self, ProxyError> {
+        let stats = &upstream.stats;
+        let before = stats.active_requests.fetch_add(1, Ordering::Relaxed);
+        upstream.begin(endpoint);
+        let lease = Lease {
+            upstream: upstream.clone(),
+            worker,
+            endpoint,
+            conn: None,
+        };
+        let cap = upstream.config.circuit_breaker.max_requests;
+        if cap > 0 && before >= cap {
+            return Err(over_cap(upstream, Cap::Requests, cap));
+        }
+        Ok(lease)
+    }
+
     /// Ends the request. A connection whose exchange ended cleanly goes back
     /// to the pool; any other is closed.
     pub fn finish(mut self, clean: bool) {
@@ -118,7 +145,20 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.upstream.end(self.endpoint);
+        self.upstream
+            .stats
+            .active_requests
+            .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The 503 for a request refused by a circuit-breaker cap; counted.
+fn over_cap(upstream: &Upstream, cap: Cap, limit: u32) -> ProxyError {
+    upstream.stats.rejected[cap as usize].fetch_add(1, Ordering::Relaxed);
+    ProxyError::new(ErrorKind::Overloaded).detail(format_args!(
+        "the upstream is at its circuit_breaker.{} cap ({limit})",
+        cap.key()
+    ))
 }
 
 /// What a sent request gives back.
@@ -131,23 +171,54 @@ pub struct Sent {
     pub addr: SocketAddr,
 }
 
-/// Sends `req` to `endpoint` of `upstream` over a pooled connection.
+/// Sends `req` to `endpoint` of `upstream` over a pooled connection; the
+/// response head must arrive within `limit`. The attempt's latency and
+/// outcome feed the endpoint's EWMA, outlier detection and metrics.
 pub async fn send(
     upstream: &Arc<Upstream>,
     worker: usize,
     endpoint: usize,
     req: Request<RequestBody>,
+    limit: Duration,
 ) -> Result<Sent, ProxyError> {
-    upstream.begin(endpoint);
-    let mut lease = Lease {
-        upstream: upstream.clone(),
-        worker,
-        endpoint,
-        conn: None,
+    let lease = Lease::begin(upstream, worker, endpoint)?;
+    let started = Instant::now();
+    let result = exchange(upstream, lease, req, limit).await;
+    let outcome = match &result {
+        Ok(sent) => {
+            let rtt = started.elapsed();
+            upstream.states[endpoint].observe_latency(rtt);
+            upstream.stats.request_duration.observe(rtt);
+            Some(if sent.response.status().is_server_error() {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            })
+        }
+        Err(e) => match e.kind {
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => Some(Outcome::ConnectFailure),
+            // A pooled connection that closed before the request went out, or
+            // REFUSED_STREAM, says nothing about the endpoint's health.
+            ErrorKind::UpstreamFailed if e.retry == Retry::Safe => None,
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Some(Outcome::Failure),
+            _ => None,
+        },
     };
-    let timeouts = &upstream.config.timeouts;
-    let ep = &upstream.endpoints[endpoint];
+    if let Some(outcome) = outcome {
+        upstream.record_outcome(endpoint, outcome);
+    }
+    result
+}
+
+async fn exchange(
+    upstream: &Arc<Upstream>,
+    mut lease: Lease,
+    req: Request<RequestBody>,
+    limit: Duration,
+) -> Result<Sent, ProxyError> {
+    let (worker, endpoint) = (lease.worker, lease.endpoint);
     let pool = upstream.pool(worker, endpoint);
+    let stats = &upstream.stats;
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {
             let mut req = req;
@@ -156,6 +227,7 @@ pub async fn send(
             // connection returned to the idle list, or a slot freed by a
             // connection closing. Bounded by the request timeout.
             let mut deadline = None;
+            let mut pending = None;
             let permit = loop {
                 // Registered before looking, so a connection returned between
                 // the look and the wait still wakes this request.
@@ -168,9 +240,10 @@ pub async fn send(
                         continue;
                     }
                     let addr = c.addr;
-                    match timeout(timeouts.request.0, c.tx.try_send_request(req)).await {
+                    match timeout(limit, c.tx.try_send_request(req)).await {
                         Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
                         Ok(Ok(response)) => {
+                            stats.connections_reused.fetch_add(1, Ordering::Relaxed);
                             lease.conn = Some(c);
                             return Ok(Sent {
                                 response,
@@ -194,16 +267,24 @@ pub async fn send(
                     }
                     Err(TryAcquireError::NoPermits) => {}
                 }
+                if pending.is_none() {
+                    let cap = upstream.config.circuit_breaker.max_pending;
+                    pending = Some(
+                        Held::take(&stats.pending, cap)
+                            .ok_or_else(|| over_cap(upstream, Cap::Pending, cap))?,
+                    );
+                }
                 // The waiting and dialling below are cold paths: boxed, so their
                 // state does not weigh on every request's future.
-                let until = *deadline.get_or_insert_with(|| Instant::now() + timeouts.request.0);
+                let until = *deadline.get_or_insert_with(|| Instant::now() + limit);
                 match Box::pin(wait_for_slot(returned, sem, until)).await? {
                     Some(p) => break Some(p),
                     None => continue,
                 }
             };
-            let (mut tx, addr) = Box::pin(dial_h1(ep, timeouts.connect.0)).await?;
-            let response = match timeout(timeouts.request.0, tx.send_request(req)).await {
+            drop(pending);
+            let (mut tx, addr) = Box::pin(dial_h1(upstream, endpoint)).await?;
+            let response = match timeout(limit, tx.send_request(req)).await {
                 Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
                 Ok(Err(e)) => return Err(upstream_failed(e)),
                 Ok(Ok(r)) => r,
@@ -224,15 +305,18 @@ pub async fn send(
             let (mut tx, addr) = {
                 let mut slot = pool.h2.lock().await;
                 match slot.as_ref() {
-                    Some((tx, addr)) if !tx.is_closed() => (tx.clone(), *addr),
+                    Some((tx, addr)) if !tx.is_closed() => {
+                        stats.connections_reused.fetch_add(1, Ordering::Relaxed);
+                        (tx.clone(), *addr)
+                    }
                     _ => {
-                        let (tx, addr) = Box::pin(dial_h2(ep, timeouts.connect.0)).await?;
+                        let (tx, addr) = Box::pin(dial_h2(upstream, endpoint)).await?;
                         *slot = Some((tx.clone(), addr));
                         (tx, addr)
                     }
                 }
             };
-            let response = timeout(timeouts.request.0, async {
+            let response = timeout(limit, async {
                 tx.ready().await?;
                 tx.send_request(req).await
             })
@@ -265,17 +349,40 @@ async fn wait_for_slot(
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `ep`.
+/// Connects to an endpoint for a new pooled connection, unless the upstream
+/// is at `circuit_breaker.max_connections`; the returned slot is held for the
+/// connection's life.
+async fn open(
+    upstream: &Upstream,
+    endpoint: usize,
+) -> Result<(TcpStream, SocketAddr, Held<Arc<AtomicU32>>), ProxyError> {
+    let stats = &upstream.stats;
+    let cap = upstream.config.circuit_breaker.max_connections;
+    let slot = Held::take(stats.connections.clone(), cap)
+        .ok_or_else(|| over_cap(upstream, Cap::Connections, cap))?;
+    let started = Instant::now();
+    let (stream, addr) = connect(
+        &upstream.endpoints[endpoint],
+        upstream.config.timeouts.connect.0,
+    )
+    .await?;
+    stats.connect_duration.observe(started.elapsed());
+    stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+    Ok((stream, addr, slot))
+}
+
+/// Opens a new HTTP/1.1 connection to `endpoint`.
 async fn dial_h1(
-    ep: &super::Endpoint,
-    connect_timeout: Duration,
+    upstream: &Upstream,
+    endpoint: usize,
 ) -> Result<(http1::SendRequest<RequestBody>, SocketAddr), ProxyError> {
-    let (stream, addr) = connect(ep, connect_timeout).await?;
+    let (stream, addr, slot) = open(upstream, endpoint).await?;
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ProxyError::new(ErrorKind::ConnectFailed).context(e))?;
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
@@ -283,17 +390,18 @@ async fn dial_h1(
     Ok((tx, addr))
 }
 
-/// Opens a new h2c connection to `ep`.
+/// Opens a new h2c connection to `endpoint`.
 async fn dial_h2(
-    ep: &super::Endpoint,
-    connect_timeout: Duration,
+    upstream: &Upstream,
+    endpoint: usize,
 ) -> Result<(http2::SendRequest<RequestBody>, SocketAddr), ProxyError> {
-    let (stream, addr) = connect(ep, connect_timeout).await?;
+    let (stream, addr, slot) = open(upstream, endpoint).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ProxyError::new(ErrorKind::ConnectFailed).context(e))?;
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = std::pin::pin!(conn).await {
             tracing::debug!(error = %e, "upstream h2 connection ended");
         }
@@ -308,11 +416,25 @@ fn upstream_failed(e: hyper::Error) -> ProxyError {
         return ProxyError::new(ErrorKind::ClientFailed).context(&e);
     }
     let mut err = ProxyError::new(ErrorKind::UpstreamFailed).context(&e);
-    if e.is_canceled() {
-        // The connection closed before the request was written.
+    if e.is_canceled() || refused_stream(&e) {
+        // The connection closed before the request was written, or the
+        // upstream refused the stream: it did not process the request.
         err.retry = Retry::Safe;
     }
     err
+}
+
+/// Whether `e` is an HTTP/2 REFUSED_STREAM (RFC 9113 §8.7: not processed).
+fn refused_stream(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Whether `e` is hyper reporting that the request body (the client's body,
@@ -325,7 +447,7 @@ fn client_body_failed(e: &hyper::Error) -> bool {
 }
 
 /// Connects to the first address of `ep` that accepts, within `limit` in total.
-async fn connect(
+pub(crate) async fn connect(
     ep: &super::Endpoint,
     limit: Duration,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {

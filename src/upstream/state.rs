@@ -4,7 +4,8 @@
 //! The state lives in the [`super::Upstream`], so it survives a reload exactly
 //! when the upstream does (its definition unchanged).
 
-use std::sync::OnceLock;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -200,11 +201,33 @@ impl EndpointState {
     }
 }
 
+/// One unit of a shared gauge (requests, pending requests, retries,
+/// connections), given back when dropped.
+pub struct Held<C: Deref<Target = AtomicU32>>(C);
+
+impl<C: Deref<Target = AtomicU32>> Held<C> {
+    /// Takes one unit of `count`, unless `cap` units (0: no cap) are taken.
+    pub fn take(count: C, cap: u32) -> Option<Self> {
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        let held = Held(count);
+        (cap == 0 || before < cap).then_some(held)
+    }
+}
+
+impl<C: Deref<Target = AtomicU32>> Drop for Held<C> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An upstream's counters and gauges, read by the metrics endpoint.
 #[derive(Default)]
 pub struct UpstreamStats {
-    /// Connections open now, all workers together.
-    pub connections: AtomicU32,
+    /// Connections open now, all workers together (shared with each
+    /// connection's task, which ends after the upstream may be gone).
+    pub connections: Arc<AtomicU32>,
+    /// Requests in flight now (attempts, retries included).
+    pub active_requests: AtomicU32,
     /// Requests waiting for a connection now.
     pub pending: AtomicU32,
     /// Retries in flight now.
