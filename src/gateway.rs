@@ -11,8 +11,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig};
 use crate::filters::{self, Filter};
-use crate::observe::AccessLog;
 use crate::observe::metrics::{Metrics, RouteMetrics};
+use crate::observe::{AccessLog, SpanExporter};
 use crate::proxy::headers::TrustedProxies;
 use crate::proxy::retry::RetryPolicy;
 use crate::routing::{RouteSpec, Router, Template};
@@ -80,6 +80,8 @@ pub struct Gateway {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Access log writer, when enabled.
     pub access_log: Option<AccessLog>,
+    /// OTLP span exporter, when `tracing.otlp` is set.
+    pub spans: Option<SpanExporter>,
     /// Header carrying the request id.
     pub request_id_header: HeaderName,
     /// Keep a client's request id.
@@ -264,6 +266,28 @@ fn build(
         }
     };
 
+    // Like the access log: started only to run, kept while its settings stay.
+    let spans = match &cfg.tracing.otlp {
+        Some(otlp) if log_mode == AccessLogMode::Start => {
+            let kept = previous
+                .filter(|p| p.config.tracing.otlp == cfg.tracing.otlp)
+                .and_then(|p| p.spans.clone());
+            match kept.map_or_else(|| SpanExporter::start(otlp), Ok) {
+                Ok(spans) => Some(spans),
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        file,
+                        0,
+                        0,
+                        format!("cannot start span export to `{}`: {e}", otlp.endpoint),
+                    ));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -273,6 +297,7 @@ fn build(
         routes: routes.into(),
         upstreams,
         access_log,
+        spans,
         request_id_header,
         trust_request_id: cfg.request_id.trust_incoming,
         trusted_proxies,

@@ -3,6 +3,7 @@
 //! The module list is the architecture; `docs/architecture.md` draws the
 //! request path through it.
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod filters;

@@ -1,10 +1,12 @@
 //! The request path, in one straight line:
 //!
-//! 1. request id, and the record that the access log writes at the end
+//! 1. request id, trace context ([`crate::observe::trace`]), and the record
+//!    that the access log writes (and the span exporter sends) at the end
 //! 2. limits and malformed-request checks (a refused request never goes upstream)
 //! 3. route lookup on the listener's router (404 when nothing matches)
 //! 4. the route's filters, in phase order ([`crate::filters`])
-//! 5. the handler: proxy, redirect or direct response
+//! 5. the handler: proxy (the upstream gets the gateway's `traceparent`),
+//!    redirect or direct response
 //! 6. the response gets the request id; logging runs when its body is done
 
 use std::convert::Infallible;
@@ -20,6 +22,7 @@ use crate::error::{ErrorKind, ErrorStyle, ProxyError};
 use crate::filters::Flow;
 use crate::gateway::{Action, Gateway, Route};
 use crate::observe::metrics::{MethodClass, Recording, RouteMetrics};
+use crate::observe::trace::SpanContext;
 use crate::observe::{Exchange, request_id};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::forward;
@@ -59,6 +62,8 @@ pub struct RequestCtx {
     pub upstream_host: Option<HeaderValue>,
     /// The access log record.
     pub exchange: Exchange,
+    /// The request's trace context, set on the upstream request.
+    pub trace: SpanContext,
     /// The matched route's instruments; `None` until a route matches.
     pub route_metrics: Option<Arc<RouteMetrics>>,
 }
@@ -75,13 +80,15 @@ pub async fn handle(
         Some(v) if gw.trust_request_id && request_id::accept_incoming(v) => v.clone(),
         _ => request_id::generate(),
     };
-    let mut exchange = Exchange::new(gw.access_log.clone(), started);
+    let trace = SpanContext::from_request(req.headers(), gw.config.tracing.sample_ratio);
+    let spans = gw.spans.as_ref().filter(|_| trace.sampled).cloned();
+    let mut exchange = Exchange::new(gw.access_log.clone(), spans, started);
     let client_ip = gw.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
     if exchange.record().is_some() {
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let client = SocketAddr::new(client_ip, conn.peer.port());
         let host = request_host(&req).unwrap_or("");
-        exchange.set_request(req.method(), host, pq, client, &request_id);
+        exchange.set_request(req.method(), host, pq, client, &request_id, trace);
     }
     let mut ctx = RequestCtx {
         conn,
@@ -90,6 +97,7 @@ pub async fn handle(
         params: Params::default(),
         upstream_host: None,
         exchange,
+        trace,
         route_metrics: None,
     };
 
@@ -158,6 +166,7 @@ async fn route_and_run(
     }
     match &route.action {
         Action::Proxy { upstream, retry } => {
+            ctx.trace.propagate(req.headers_mut());
             forward::forward(gw, upstream, retry.as_ref(), req, ctx).await
         }
         Action::Respond {
@@ -279,7 +288,8 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
-fn strip_port(host: &str) -> &str {
+/// `host` without its `:port`, if any.
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }

@@ -116,16 +116,23 @@ async fn traffic(gw: &mut Gateway, n: usize) {
     }
 }
 
-/// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+/// Waits (bounded) until `cond` holds. It yields meanwhile (unlike
+/// `Gateway::wait_for_log`), so the upstreams on this runtime keep answering.
+async fn eventually(gw: &Gateway, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     while !cond() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out waiting for {what}\n{}",
+            gw.stderr()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits (bounded) until the gateway has logged `needle`.
+async fn logged(gw: &Gateway, needle: &str) {
+    eventually(gw, needle, || gw.stderr().contains(needle)).await;
 }
 
 #[tokio::test]
@@ -142,11 +149,7 @@ async fn http_check_takes_a_failing_endpoint_out_and_brings_it_back() {
 
     let before = b.checks();
     b.set_health(503);
-    assert!(
-        gw.wait_for_log(&went_down(b.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(b.addr())).await;
     assert!(
         b.checks() - before >= 3,
         "unhealthy after {} failed checks, before the threshold",
@@ -160,11 +163,7 @@ async fn http_check_takes_a_failing_endpoint_out_and_brings_it_back() {
 
     let before = b.checks();
     b.set_health(200);
-    assert!(
-        gw.wait_for_log(&came_up(b.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &came_up(b.addr())).await;
     assert!(
         b.checks() - before >= 2,
         "healthy again before the threshold"
@@ -203,14 +202,10 @@ async fn expected_statuses_and_request_settings() {
              expected_statuses: [204, 400-418]",
         ),
     ));
-    assert!(
-        gw.wait_for_log(&went_down(c.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(c.addr())).await;
     assert!(gw.stderr().contains("reason=status 302"), "{}", gw.stderr());
     // a and b have passed several checks by now.
-    eventually("three more checks of a and b", || {
+    eventually(&gw, "three more checks of a and b", || {
         a.checks() >= 4 && b.checks() >= 4
     })
     .await;
@@ -235,11 +230,7 @@ async fn h2c_upstream_is_checked_over_h2c() {
         &[a.addr(), b.addr()],
         &format!("protocol: h2c, {}", http_check("unhealthy_threshold: 1")),
     ));
-    assert!(
-        gw.wait_for_log(&went_down(b.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(b.addr())).await;
     let check = a.server.seen().into_iter().next().unwrap();
     assert_eq!(check.version, http::Version::HTTP_2);
     assert_eq!(
@@ -259,11 +250,7 @@ async fn tcp_check_marks_a_closed_port_down() {
         &[a.addr(), closed],
         "health_check: { type: tcp, interval: 100ms, timeout: 500ms, unhealthy_threshold: 2 }",
     ));
-    assert!(
-        gw.wait_for_log(&went_down(closed), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(closed)).await;
     traffic(&mut gw, 10).await;
     // A TCP check connects and sends nothing.
     assert_eq!(a.server.count(), 10);
@@ -302,7 +289,7 @@ async fn grpc_check_follows_the_serving_status() {
     ));
     let main = gw.addr("main");
     // The service is unknown to the server: NOT_FOUND.
-    assert!(gw.wait_for_log(&went_down(addr), LIMIT), "{}", gw.stderr());
+    logged(&gw, &went_down(addr)).await;
     assert!(
         gw.stderr().contains("reason=grpc-status 5"),
         "{}",
@@ -313,7 +300,7 @@ async fn grpc_check_follows_the_serving_status() {
     reporter
         .set_service_status("pkg.Svc", ServingStatus::Serving)
         .await;
-    assert!(gw.wait_for_log(&came_up(addr), LIMIT), "{}", gw.stderr());
+    logged(&gw, &came_up(addr)).await;
     // Traffic reaches it again (tonic answers an unknown method with 200 and a gRPC status).
     let r = get_path(main, "/").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -321,7 +308,7 @@ async fn grpc_check_follows_the_serving_status() {
     reporter
         .set_service_status("pkg.Svc", ServingStatus::NotServing)
         .await;
-    eventually("a second unhealthy verdict", || {
+    eventually(&gw, "a second unhealthy verdict", || {
         gw.count_log(&went_down(addr)) == 2
     })
     .await;
@@ -337,16 +324,8 @@ async fn all_unhealthy_answers_503() {
         &[a.addr(), b.addr()],
         &http_check("unhealthy_threshold: 1"),
     ));
-    assert!(
-        gw.wait_for_log(&went_down(a.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
-    assert!(
-        gw.wait_for_log(&went_down(b.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(a.addr())).await;
+    logged(&gw, &went_down(b.addr())).await;
     let r: Reply = get_path(gw.addr("main"), "/work").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
@@ -362,16 +341,8 @@ async fn panic_mode_uses_every_endpoint_when_all_are_unhealthy() {
         &[a.addr(), b.addr()],
         &format!("panic_mode: true, {}", http_check("unhealthy_threshold: 1")),
     ));
-    assert!(
-        gw.wait_for_log(&went_down(a.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
-    assert!(
-        gw.wait_for_log(&went_down(b.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(a.addr())).await;
+    logged(&gw, &went_down(b.addr())).await;
     traffic(&mut gw, 20).await;
     assert!(
         a.traffic() > 0 && b.traffic() > 0,
@@ -385,7 +356,10 @@ async fn panic_mode_uses_every_endpoint_when_all_are_unhealthy() {
 async fn reload(gw: &Gateway, yaml: &str) {
     let before = gw.count_log("config reloaded");
     gw.replace_config(yaml);
-    eventually("the reload", || gw.count_log("config reloaded") > before).await;
+    eventually(gw, "the reload", || {
+        gw.count_log("config reloaded") > before
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -394,11 +368,7 @@ async fn health_state_survives_a_reload_that_keeps_the_upstream() {
     let b = Backend::start("b", 503).await;
     let upstream = http_check("healthy_threshold: 1, unhealthy_threshold: 2");
     let mut gw = Gateway::start(&config(&[a.addr(), b.addr()], &upstream));
-    assert!(
-        gw.wait_for_log(&went_down(b.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(b.addr())).await;
 
     // A new route; the upstream's definition is unchanged.
     let mut yaml = config(&[a.addr(), b.addr()], &upstream);
@@ -426,11 +396,7 @@ async fn a_changed_upstream_starts_with_fresh_health_state() {
         &[a.addr(), b.addr()],
         &http_check("unhealthy_threshold: 1"),
     ));
-    assert!(
-        gw.wait_for_log(&went_down(b.addr()), LIMIT),
-        "{}",
-        gw.stderr()
-    );
+    logged(&gw, &went_down(b.addr())).await;
 
     // A changed definition: a new upstream, whose endpoints start healthy and
     // take 20 failed checks (about 2 s) to leave again.
@@ -448,7 +414,7 @@ async fn a_changed_upstream_starts_with_fresh_health_state() {
         b.traffic() > b_before,
         "the rebuilt endpoint starts healthy"
     );
-    eventually("the new checkers' verdict", || {
+    eventually(&gw, "the new checkers' verdict", || {
         gw.count_log(&went_down(b.addr())) == 2
     })
     .await;

@@ -390,10 +390,16 @@ impl<'de> Deserialize<'de> for StatusRange {
                     .ok()
                     .filter(|c| (100..=599).contains(c))
                     .ok_or_else(|| E::custom(format!("status {v} is not within 100-599")))?;
-                Ok(StatusRange { from: code, to: code })
+                Ok(StatusRange {
+                    from: code,
+                    to: code,
+                })
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusRange, E> {
-                self.visit_u64(u64::try_from(v).map_err(|_| E::custom(format!("status {v} is not within 100-599")))?)
+                self.visit_u64(
+                    u64::try_from(v)
+                        .map_err(|_| E::custom(format!("status {v} is not within 100-599")))?,
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusRange, E> {
                 let parse = |p: &str| {

@@ -82,10 +82,14 @@ pub fn validate(cfg: &Config, file: &str) -> Vec<ConfigError> {
     };
     v.globals(cfg);
     v.listeners(cfg);
+    v.admin(cfg);
     for (name, up) in &cfg.upstreams {
         v.upstream(name, up);
     }
     v.routes(cfg);
+    for message in tracing_problems(&cfg.tracing) {
+        v.nowhere(message);
+    }
     let mut errors = v.errors;
     errors.sort_by_key(|e| (e.line, e.column));
     errors
@@ -212,6 +216,50 @@ impl Validator<'_> {
         }
     }
 
+    fn admin(&mut self, cfg: &Config) {
+        let Some(admin) = &cfg.admin else {
+            return;
+        };
+        let super::schema::AdminConfig { address, token } = &admin.value;
+        if token
+            .as_deref()
+            .is_some_and(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            self.at(
+                admin,
+                "`admin.token` must be visible ASCII without spaces, and not empty \
+                 (it is sent as `Authorization: Bearer <token>`)"
+                    .into(),
+            );
+        }
+        let Ok(addr) = address.parse::<SocketAddr>() else {
+            self.at(
+                admin,
+                format!("`admin.address` `{address}` must be `ip:port` (e.g. `127.0.0.1:9901`)"),
+            );
+            return;
+        };
+        // Port 0 asks the OS for a free port: it never clashes.
+        if addr.port() == 0 {
+            return;
+        }
+        let clash = cfg.listeners.iter().find(|l| {
+            l.address
+                .value
+                .parse()
+                .is_ok_and(|a| crate::server::listener::overlaps(a, addr))
+        });
+        if let Some(l) = clash {
+            self.at(
+                admin,
+                format!(
+                    "`admin.address` `{addr}` is also the address of listener `{}`",
+                    l.name.value
+                ),
+            );
+        }
+    }
+
     fn upstream(&mut self, name: &str, up: &Spanned<UpstreamConfig>) {
         let u = &up.value;
         if u.endpoints.is_empty() {
@@ -316,7 +364,9 @@ impl Validator<'_> {
                     o.max_ejection_percent
                 ));
             }
-            if o.consecutive_5xx == 0 && o.consecutive_connect_failures == 0 && o.failure_ratio == 0.0
+            if o.consecutive_5xx == 0
+                && o.consecutive_connect_failures == 0
+                && o.failure_ratio == 0.0
             {
                 problems.push(
                     "`outlier_detection` has every trigger off: set `consecutive_5xx`, \
@@ -540,6 +590,42 @@ impl Validator<'_> {
     }
 }
 
+/// What is wrong with `tracing`: the sample ratio, and span export, which
+/// needs the `otel` feature.
+fn tracing_problems(t: &super::schema::TracingConfig) -> Vec<String> {
+    /// Most spans buffered.
+    const MAX_SPAN_BUFFER: usize = 1_000_000;
+    let mut problems = Vec::new();
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        problems.push(format!(
+            "`tracing.sample_ratio` must be between 0 and 1, got {}",
+            t.sample_ratio
+        ));
+    }
+    let Some(otlp) = &t.otlp else {
+        return problems;
+    };
+    #[cfg(not(feature = "otel"))]
+    problems.push(crate::observe::OTLP_NEEDS_FEATURE.to_owned());
+    #[cfg(feature = "otel")]
+    if let Err(e) = crate::observe::otlp::Endpoint::parse(&otlp.endpoint) {
+        problems.push(format!("`tracing.otlp.endpoint`: {e}"));
+    }
+    if otlp.service_name.trim().is_empty() {
+        problems.push("`tracing.otlp.service_name` must not be empty".into());
+    }
+    if !(1..=MAX_SPAN_BUFFER).contains(&otlp.buffer) {
+        problems.push(format!(
+            "`tracing.otlp.buffer` must be between 1 and {MAX_SPAN_BUFFER} spans, got {}",
+            otlp.buffer
+        ));
+    }
+    if otlp.flush_interval.0.is_zero() {
+        problems.push("`tracing.otlp.flush_interval` must be greater than 0".into());
+    }
+    problems
+}
+
 /// `a, b, c` (sorted, deduplicated), or `(none)`.
 fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let mut names: Vec<&str> = names.collect();
@@ -695,6 +781,26 @@ routes:
     }
 
     #[test]
+    fn admin_address_and_token() {
+        let with = |admin: &str| format!("{BASE}admin: {admin}\n");
+        assert!(errors(&with("{}")).is_empty());
+        assert!(errors(&with("{ address: \"127.0.0.1:0\", token: abc.DEF-1 }")).is_empty());
+        let e = one(
+            &with("{ address: localhost:9901 }"),
+            10,
+            "must be `ip:port`",
+        );
+        assert_eq!(e.column, 8);
+        one(
+            &with("{ address: \"0.0.0.0:8080\" }"),
+            10,
+            "also the address of listener `main`",
+        );
+        one(&with("{ token: \"\" }"), 10, "`admin.token` must be");
+        one(&with("{ token: \"a b\" }"), 10, "`admin.token` must be");
+    }
+
+    #[test]
     fn upstream_needs_endpoints() {
         one(&BASE.replace("[10.0.0.1:80]", "[]"), 6, "has no endpoints");
     }
@@ -804,8 +910,10 @@ routes:
                 &format!("[10.0.0.1:80]\n    health_check: {{ {settings} }}"),
             )
         };
-        let text = hc("interval: 0s, timeout: 0ms, healthy_threshold: 0, unhealthy_threshold: 0, \
-                       path: healthz, method: \"GE T\", host: \"a b\", expected_statuses: []");
+        let text = hc(
+            "interval: 0s, timeout: 0ms, healthy_threshold: 0, unhealthy_threshold: 0, \
+                       path: healthz, method: \"GE T\", host: \"a b\", expected_statuses: []",
+        );
         let errs = errors(&text);
         let expected = [
             "`health_check.interval` must be greater than 0",

@@ -73,7 +73,9 @@ impl Histogram {
     }
 }
 
-impl EncodeMetric for Histogram {
+// By reference: a histogram is encoded in place, in whatever holds it (a
+// family's series, an upstream's stats).
+impl EncodeMetric for &Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
         let (counts, sum) = self.snapshot();
         // The encoder wants per-bucket counts and adds them up itself; the
@@ -93,6 +95,10 @@ impl EncodeMetric for Histogram {
     }
 }
 
+impl TypedMetric for &Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
 /// A [`Histogram`] that is both a series of a [`Family`] and held by the
 /// routes recording into it.
 #[derive(Clone, Debug, Default)]
@@ -107,7 +113,7 @@ impl SharedHistogram {
 
 impl EncodeMetric for SharedHistogram {
     fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
-        self.0.encode(encoder)
+        (&*self.0).encode(encoder)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -302,7 +308,7 @@ impl Metrics {
         let unmatched = Arc::new(route_metrics(&requests, &request_duration, ""));
         let reloads = Family::default();
         for result in ["success", "failure"] {
-            reloads.get_or_create(&ResultLabel { result });
+            reloads.get_or_create_owned(&ResultLabel { result });
         }
         Self {
             requests,
@@ -316,11 +322,7 @@ impl Metrics {
     /// The instruments of the route `name`. Every series is created now, at 0,
     /// so that a rate over a combination not seen yet is 0 rather than absent.
     pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
-        Arc::new(route_metrics(
-            &self.requests,
-            &self.request_duration,
-            name,
-        ))
+        Arc::new(route_metrics(&self.requests, &self.request_duration, name))
     }
 
     /// The instruments of requests that matched no route (label `route=""`).
@@ -351,7 +353,7 @@ impl Metrics {
         );
         registry.register(
             "request_duration_seconds",
-            "Time from a request's arrival until its response body was sent, by route",
+            "Time from a request's arrival until its response body was done, by route",
             self.request_duration.clone(),
         );
         registry.register(
@@ -481,7 +483,8 @@ mod tests {
 
     #[test]
     fn negotiation_prefers_openmetrics_only_when_asked() {
-        let prom = b"application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
+        let prom =
+            b"application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
         assert_eq!(Format::negotiate(Some(prom)), Format::OpenMetrics);
         assert_eq!(Format::negotiate(Some(b"*/*")), Format::Prometheus);
         assert_eq!(Format::negotiate(None), Format::Prometheus);

@@ -109,13 +109,13 @@ impl Exchange {
             return Self(None);
         }
         Self(Some(Box::new(Logged {
-                log,
-                spans,
-                started,
-                record: Record::default(),
-                bytes_in: None,
-                completed: true,
-            })))
+            log,
+            spans,
+            started,
+            record: Record::default(),
+            bytes_in: None,
+            completed: true,
+        })))
     }
 
     /// The record to fill in, when the access log is on.

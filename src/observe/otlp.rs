@@ -80,18 +80,21 @@ impl Endpoint {
             .filter(|a| !a.host().is_empty())
             .ok_or_else(|| format!("`{url}` has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{url}`: user information in the URL is not supported"));
+            return Err(format!(
+                "`{url}`: user information in the URL is not supported"
+            ));
         }
-        let port = match authority
-            .as_str()
-            .strip_prefix(authority.host())
-            .and_then(|rest| rest.strip_prefix(':'))
-        {
-            None => 80,
-            Some(p) => p.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                format!("`{url}`: port `{p}` must be a number from 1 to 65535")
-            })?,
-        };
+        let port =
+            match authority
+                .as_str()
+                .strip_prefix(authority.host())
+                .and_then(|rest| rest.strip_prefix(':'))
+            {
+                None => 80,
+                Some(p) => p.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    format!("`{url}`: port `{p}` must be a number from 1 to 65535")
+                })?,
+            };
         Ok(Self {
             host: authority
                 .host()
@@ -413,8 +416,12 @@ impl Batcher {
             n => n.as_u64().unwrap_or(0),
         };
         if rejected > 0 {
-            let reason = partial["errorMessage"].as_str().unwrap_or("no reason given");
-            self.note(&format!("the collector rejected {rejected} spans: {reason}"));
+            let reason = partial["errorMessage"]
+                .as_str()
+                .unwrap_or("no reason given");
+            self.note(&format!(
+                "the collector rejected {rejected} spans: {reason}"
+            ));
         }
         rejected
     }
@@ -574,7 +581,11 @@ fn span(r: &Record) -> Option<Span<'_>> {
         parent_span_id: trace.parent_id.map(|p| p.to_string()),
         flags: u32::from(trace.sampled)
             | HAS_IS_REMOTE
-            | if trace.parent_id.is_some() { IS_REMOTE } else { 0 },
+            | if trace.parent_id.is_some() {
+                IS_REMOTE
+            } else {
+                0
+            },
         name,
         kind: KIND_SERVER,
         start_time_unix_nano: unix_nanos(start).to_string(),
@@ -604,9 +615,15 @@ mod tests {
         assert_eq!(e.path.as_str(), "/v1/traces");
         assert_eq!(e.authority, "127.0.0.1:4318");
         let e = Endpoint::parse("http://collector.internal").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("collector.internal", 80, "/"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("collector.internal", 80, "/")
+        );
         let e = Endpoint::parse("http://[::1]:4318/v1/traces?x=1").unwrap();
-        assert_eq!((e.host.as_str(), e.path.as_str()), ("::1", "/v1/traces?x=1"));
+        assert_eq!(
+            (e.host.as_str(), e.path.as_str()),
+            ("::1", "/v1/traces?x=1")
+        );
         for (bad, why) in [
             ("https://collector:4318/v1/traces", "only `http://`"),
             ("collector:4318/v1/traces", "is not a URL"),
@@ -680,13 +697,25 @@ mod tests {
         assert!(s.get("status").is_none());
         let a = attrs(s);
         let get = |k: &str| a.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        assert_eq!(get("http.request.method").unwrap(), serde_json::json!({"stringValue": "GET"}));
+        assert_eq!(
+            get("http.request.method").unwrap(),
+            serde_json::json!({"stringValue": "GET"})
+        );
         assert_eq!(get("url.path").unwrap()["stringValue"], "/api/items");
-        assert_eq!(get("http.response.status_code").unwrap(), serde_json::json!({"intValue": "200"}));
+        assert_eq!(
+            get("http.response.status_code").unwrap(),
+            serde_json::json!({"intValue": "200"})
+        );
         assert_eq!(get("http.route").unwrap()["stringValue"], "api");
-        assert_eq!(get("server.address").unwrap()["stringValue"], "shop.example");
+        assert_eq!(
+            get("server.address").unwrap()["stringValue"],
+            "shop.example"
+        );
         assert_eq!(get("client.address").unwrap()["stringValue"], "10.0.0.9");
-        assert_eq!(get("portico.upstream.address").unwrap()["stringValue"], "10.1.0.1:80");
+        assert_eq!(
+            get("portico.upstream.address").unwrap()["stringValue"],
+            "10.1.0.1:80"
+        );
         assert_eq!(get("portico.request_id").unwrap()["stringValue"], "req-1");
 
         let s = &spans[1];

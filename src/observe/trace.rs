@@ -138,14 +138,16 @@ impl SpanContext {
             Some(0) | None => {
                 headers.remove(TRACESTATE);
             }
-            Some(_) if several => match HeaderValue::from_bytes(&joined(headers.get_all(TRACESTATE))) {
-                Ok(value) => {
-                    headers.insert(TRACESTATE, value);
+            Some(_) if several => {
+                match HeaderValue::from_bytes(&joined(headers.get_all(TRACESTATE))) {
+                    Ok(value) => {
+                        headers.insert(TRACESTATE, value);
+                    }
+                    Err(_) => {
+                        headers.remove(TRACESTATE);
+                    }
                 }
-                Err(_) => {
-                    headers.remove(TRACESTATE);
-                }
-            },
+            }
             Some(_) => {}
         }
     }
@@ -250,7 +252,9 @@ fn valid_key(key: &[u8]) -> bool {
         (first.is_ascii_lowercase() || (digit_first && first.is_ascii_digit()))
             && s.len() <= max
             && rest.iter().all(|&b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'_' | b'-' | b'*' | b'/')
             })
     }
     match key.iter().position(|&b| b == b'@') {
@@ -335,11 +339,20 @@ mod tests {
             (&format!("\t 00-{TRACE}-{PARENT}-01 \t"), ok(true)),
             // Version 00 is exactly 55 characters.
             (&format!("00-{TRACE}-{PARENT}-01."), None),
-            (&format!("00-{TRACE}-{PARENT}-01-what-the-future-will-be-like"), None),
+            (
+                &format!("00-{TRACE}-{PARENT}-01-what-the-future-will-be-like"),
+                None,
+            ),
             // A later version: first four fields, more only after a dash.
             (&format!("cc-{TRACE}-{PARENT}-01"), ok(true)),
-            (&format!("cc-{TRACE}-{PARENT}-01-what-the-future-will-be-like"), ok(true)),
-            (&format!("cc-{TRACE}-{PARENT}-01.what-the-future-will-be-like"), None),
+            (
+                &format!("cc-{TRACE}-{PARENT}-01-what-the-future-will-be-like"),
+                ok(true),
+            ),
+            (
+                &format!("cc-{TRACE}-{PARENT}-01.what-the-future-will-be-like"),
+                None,
+            ),
             (&format!("01-{TRACE}-{PARENT}-00-"), ok(false)),
             // Version ff is forbidden.
             (&format!("ff-{TRACE}-{PARENT}-01"), None),
@@ -351,12 +364,30 @@ mod tests {
             (&format!("0-{TRACE}-{PARENT}-01"), None),
             (&format!("0A-{TRACE}-{PARENT}-01"), None),
             // trace-id: 32 lowercase hex digits, not all zero.
-            (&format!("00-00000000000000000000000000000000-{PARENT}-01"), None),
-            (&format!("00-.2345678901234567890123456789012-{PARENT}-01"), None),
-            (&format!("00-1234567890123456789012345678901.-{PARENT}-01"), None),
-            (&format!("00-123456789012345678901234567890123-{PARENT}-01"), None),
-            (&format!("00-1234567890123456789012345678901-{PARENT}-01"), None),
-            (&format!("00-ABCDEF78901234567890123456789012-{PARENT}-01"), None),
+            (
+                &format!("00-00000000000000000000000000000000-{PARENT}-01"),
+                None,
+            ),
+            (
+                &format!("00-.2345678901234567890123456789012-{PARENT}-01"),
+                None,
+            ),
+            (
+                &format!("00-1234567890123456789012345678901.-{PARENT}-01"),
+                None,
+            ),
+            (
+                &format!("00-123456789012345678901234567890123-{PARENT}-01"),
+                None,
+            ),
+            (
+                &format!("00-1234567890123456789012345678901-{PARENT}-01"),
+                None,
+            ),
+            (
+                &format!("00-ABCDEF78901234567890123456789012-{PARENT}-01"),
+                None,
+            ),
             // parent-id: 16 lowercase hex digits, not all zero.
             (&format!("00-{TRACE}-0000000000000000-01"), None),
             (&format!("00-{TRACE}-.234567890123456-01"), None),
@@ -399,7 +430,10 @@ mod tests {
         let h = headers(&[("traceparent", &format!("00-{TRACE}-{PARENT}-01"))]);
         let ctx = SpanContext::from_request(&h, 0.0);
         assert_eq!(ctx.trace_id.to_string(), TRACE);
-        assert_eq!(ctx.parent_id.map(|p| p.to_string()).as_deref(), Some(PARENT));
+        assert_eq!(
+            ctx.parent_id.map(|p| p.to_string()).as_deref(),
+            Some(PARENT)
+        );
         assert_ne!(ctx.span_id.0, [0; 8]);
         assert!(ctx.sampled, "the caller's decision wins over the ratio");
     }
@@ -491,7 +525,11 @@ mod tests {
             &thirty_two.join(","),
         ];
         for field in cases {
-            assert_eq!(propagated_state(&[field]), vec![field.to_string()], "{field:?}");
+            assert_eq!(
+                propagated_state(&[field]),
+                vec![field.to_string()],
+                "{field:?}"
+            );
         }
     }
 
@@ -541,7 +579,13 @@ mod tests {
     fn a_new_trace_drops_tracestate() {
         for pairs in [
             &[("tracestate", "foo=1")][..],
-            &[("traceparent", "00-00000000000000000000000000000000-1234567890123456-01"), ("tracestate", "foo=1")][..],
+            &[
+                (
+                    "traceparent",
+                    "00-00000000000000000000000000000000-1234567890123456-01",
+                ),
+                ("tracestate", "foo=1"),
+            ][..],
         ] {
             let mut h = headers(pairs);
             let ctx = SpanContext::from_request(&h, 1.0);

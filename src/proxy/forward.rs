@@ -11,8 +11,8 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{Replayable, RequestBody, ResponseBody};
-use super::retry::{self, RetryPolicy};
 use super::headers::{remove_hop_by_hop, set_forwarded};
+use super::retry::{self, RetryPolicy};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;

@@ -2,5 +2,5 @@
 
 pub mod body;
 pub mod forward;
-pub mod retry;
 pub mod headers;
+pub mod retry;

@@ -170,7 +170,10 @@ mod tests {
         assert!(!p.retries_error(&ProxyError::new(ErrorKind::ClientFailed), &Method::GET));
         let mut refused = ProxyError::new(ErrorKind::UpstreamFailed);
         refused.retry = Retry::Safe;
-        assert!(!p.retries_error(&refused, &Method::GET), "refused_stream not listed");
+        assert!(
+            !p.retries_error(&refused, &Method::GET),
+            "refused_stream not listed"
+        );
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         // Registered before the listeners open, and kept for the life of the
         // process, so that a second signal during the drain is seen.
         let mut signals = StopSignals::new();
+        if let Err(e) = crate::admin::start(&shared).await {
+            tracing::error!("{e}");
+            return 1;
+        }
         let gw = shared.current.load_full();
         if let Err(e) = apply_listeners(&shared, gw).await {
             tracing::error!("{e}");
@@ -141,7 +145,9 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         tokio::spawn(reloads);
         tokio::spawn(maintain(shared.clone()));
         let snapshot = shared.clone();
-        tokio::spawn(crate::upstream::health::supervise(move || snapshot.current.load_full()));
+        tokio::spawn(crate::upstream::health::supervise(move || {
+            snapshot.current.load_full()
+        }));
         signals.recv().await;
         tokio::select! {
             () = drain(&shared) => 0,
@@ -162,6 +168,9 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
     control.shutdown_timeout(Duration::from_millis(100));
     if let Some(log) = &shared.current.load().access_log {
         log.flush(Duration::from_secs(2));
+    }
+    if let Some(spans) = &shared.current.load().spans {
+        spans.flush(Duration::from_secs(2));
     }
     code
 }

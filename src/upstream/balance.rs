@@ -278,7 +278,10 @@ impl RoundRobin {
         let cursor = self.cursors.get(worker % self.cursors.len())?;
         for _ in 0..self.schedule.len().min(MAX_SKIPS) {
             let at = cursor.0.fetch_add(1, Ordering::Relaxed);
-            let i = self.schedule.get(at % self.schedule.len()).map_or(0, |&i| i as usize);
+            let i = self
+                .schedule
+                .get(at % self.schedule.len())
+                .map_or(0, |&i| i as usize);
             if usable(i) {
                 return Some(i);
             }
@@ -386,11 +389,7 @@ fn load(states: &[EndpointState], i: usize) -> f64 {
 
 /// Power of two choices: lower `cost / weight` wins, ties go to the first
 /// drawn; an unusable draw loses to a usable one.
-fn p2c(
-    w: &Weighted,
-    usable: impl Fn(usize) -> bool,
-    cost: impl Fn(usize) -> f64,
-) -> Option<usize> {
+fn p2c(w: &Weighted, usable: impl Fn(usize) -> bool, cost: impl Fn(usize) -> f64) -> Option<usize> {
     if w.len() == 1 {
         return Some(0);
     }
@@ -412,9 +411,7 @@ fn p2c(
 
 /// Draws up to `MAX_DRAWS` times until a usable endpoint comes up.
 fn redraw(draw: impl Fn() -> Option<usize>, usable: impl Fn(usize) -> bool) -> Option<usize> {
-    (0..MAX_DRAWS)
-        .filter_map(|_| draw())
-        .find(|&i| usable(i))
+    (0..MAX_DRAWS).filter_map(|_| draw()).find(|&i| usable(i))
 }
 
 // ---------------------------------------------------------------------------
@@ -599,7 +596,9 @@ mod tests {
     #[test]
     fn smooth_wrr_matches_nginx_sequence() {
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[5, 1, 1], 1);
-        let seq: Vec<usize> = (0..14).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
+        let seq: Vec<usize> = (0..14)
+            .map(|_| b.pick(0, None, &[], |_| true).unwrap())
+            .collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     }
 
@@ -608,28 +607,36 @@ mod tests {
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[3, 2, 1], 1);
         assert_eq!(counts(&b, 0, 6000, &[]), [3000, 2000, 1000]);
         // Never two of the smaller endpoints' picks in a row when a bigger one is due.
-        let seq: Vec<usize> = (0..6).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
+        let seq: Vec<usize> = (0..6)
+            .map(|_| b.pick(0, None, &[], |_| true).unwrap())
+            .collect();
         assert_eq!(seq, [0, 1, 0, 2, 1, 0]);
     }
 
     #[test]
     fn weights_reduced_by_gcd() {
         let b = build(&BalanceConfig::RoundRobin, &ids(2), &[10, 20], 1);
-        let seq: Vec<usize> = (0..6).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
+        let seq: Vec<usize> = (0..6)
+            .map(|_| b.pick(0, None, &[], |_| true).unwrap())
+            .collect();
         assert_eq!(seq, [1, 0, 1, 1, 0, 1]);
     }
 
     #[test]
     fn equal_weights_rotate() {
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[4, 4, 4], 1);
-        let seq: Vec<usize> = (0..7).map(|_| b.pick(0, None, &[], |_| true).unwrap()).collect();
+        let seq: Vec<usize> = (0..7)
+            .map(|_| b.pick(0, None, &[], |_| true).unwrap())
+            .collect();
         assert_eq!(seq, [0, 1, 2, 0, 1, 2, 0]);
     }
 
     #[test]
     fn workers_have_own_staggered_cursors() {
         let b = build(&BalanceConfig::RoundRobin, &ids(4), &[1, 1, 1, 1], 4);
-        let first: Vec<usize> = (0..4).map(|w| b.pick(w, None, &[], |_| true).unwrap()).collect();
+        let first: Vec<usize> = (0..4)
+            .map(|w| b.pick(w, None, &[], |_| true).unwrap())
+            .collect();
         assert_eq!(first, [0, 1, 2, 3]);
 
         let b = build(&BalanceConfig::RoundRobin, &ids(3), &[3, 2, 1], 4);

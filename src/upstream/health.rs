@@ -505,3 +505,327 @@ fn read_varint(buf: &mut &[u8]) -> Option<u64> {
     }
     None
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use arc_swap::ArcSwap;
+    use hyper::service::service_fn;
+    use hyper_util::server::conn::auto;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn config(yaml: &str) -> HealthCheckConfig {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    /// A server answering every request with `reply`, over HTTP/1.1 and h2c.
+    async fn serve(reply: fn(&Request<Incoming>) -> Response<Full<Bytes>>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc =
+                        service_fn(move |req| async move { Ok::<_, Infallible>(reply(&req)) });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// An address where nothing listens.
+    async fn closed_port() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn http_check_passes_on_an_expected_status() {
+        let addr = serve(|req| {
+            let status = match req.uri().path() {
+                "/healthz" => 204,
+                "/teapot" => 418,
+                _ => 404,
+            };
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from_static(b"body")))
+                .unwrap()
+        })
+        .await;
+        let ep = Endpoint::new(&addr.to_string());
+        for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2c] {
+            let check = |yaml: &str| Probe::new(&config(yaml), protocol).unwrap();
+            assert_eq!(
+                check("path: /healthz").check(&ep).await,
+                Ok(()),
+                "{protocol:?}"
+            );
+            assert_eq!(
+                check("path: /other").check(&ep).await,
+                Err("status 404".into()),
+                "{protocol:?}"
+            );
+            let teapot = "path: /teapot\nexpected_statuses: [204, 400-418]";
+            assert_eq!(check(teapot).check(&ep).await, Ok(()), "{protocol:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_check_and_missing_addresses() {
+        let open = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = Probe::new(&config("type: tcp"), UpstreamProtocol::Http1).unwrap();
+        let ep = Endpoint::new(&open.local_addr().unwrap().to_string());
+        assert_eq!(tcp.check(&ep).await, Ok(()));
+        let ep = Endpoint::new(&closed_port().await.to_string());
+        let refused = tcp.check(&ep).await.unwrap_err();
+        assert!(refused.contains("refused"), "{refused}");
+        let unresolved = Endpoint {
+            address: "nowhere.invalid:80".into(),
+            host_header: HeaderValue::from_static("nowhere.invalid:80"),
+            is_dns: true,
+            addrs: ArcSwap::from_pointee(Vec::new()),
+        };
+        let no_address = tcp.check(&unresolved).await.unwrap_err();
+        assert!(no_address.contains("has no address"), "{no_address}");
+    }
+
+    #[tokio::test]
+    async fn a_check_past_its_timeout_fails_and_closes_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ep = Endpoint::new(&listener.local_addr().unwrap().to_string());
+        let probe = Probe::new(&config("timeout: 100ms"), UpstreamProtocol::Http1).unwrap();
+        let (verdict, accepted) = tokio::join!(probe.check(&ep), listener.accept());
+        assert_eq!(verdict, Err("timed out after 100ms".into()));
+        // The request arrived, then the connection was closed with the check.
+        let (mut stream, _) = accepted.unwrap();
+        let mut head = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut head));
+        assert!(read.await.is_ok(), "connection left open");
+        assert!(head.starts_with(b"GET / HTTP/1.1\r\n"), "{head:?}");
+    }
+
+    #[test]
+    fn thresholds_count_runs_of_equal_results() {
+        let t = Thresholds {
+            healthy: 2,
+            unhealthy: 3,
+        };
+        let mut s = Streak::default();
+        // Two failures, a pass, then three failures: only the third in a row flips.
+        assert_eq!(s.record(false, true, &t), None);
+        assert_eq!(s.record(false, true, &t), None);
+        assert_eq!(s.record(true, true, &t), None);
+        assert_eq!(s.record(false, true, &t), None);
+        assert_eq!(s.record(false, true, &t), None);
+        assert_eq!(s.record(false, true, &t), Some(false));
+        // Unhealthy: more failures change nothing; two passes in a row flip back.
+        assert_eq!(s.record(false, false, &t), None);
+        assert_eq!(s.record(true, false, &t), None);
+        assert_eq!(s.record(false, false, &t), None);
+        assert_eq!(s.record(true, false, &t), None);
+        assert_eq!(s.record(true, false, &t), Some(true));
+        assert_eq!(s.record(true, true, &t), None);
+        // Thresholds of 1 flip on every change.
+        let one = Thresholds {
+            healthy: 1,
+            unhealthy: 1,
+        };
+        let mut s = Streak::default();
+        assert_eq!(s.record(false, true, &one), Some(false));
+        assert_eq!(s.record(true, false, &one), Some(true));
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            let mut rest = &buf[..];
+            assert_eq!(read_varint(&mut rest), Some(v), "{v}");
+            assert!(rest.is_empty());
+        }
+        let mut buf = Vec::new();
+        put_varint(&mut buf, 300);
+        assert_eq!(buf, [0xAC, 0x02]);
+        // Truncated, and too long (an 11th byte, or bits past 64).
+        assert_eq!(read_varint(&mut &[0x80][..]), None);
+        assert_eq!(read_varint(&mut &[0xFF; 11][..]), None);
+        let mut past_64 = [0xFF; 10];
+        past_64[9] = 0x02;
+        assert_eq!(read_varint(&mut &past_64[..]), None);
+    }
+
+    #[test]
+    fn grpc_request_frames_the_service_name() {
+        assert_eq!(&grpc_request("").unwrap()[..], [0, 0, 0, 0, 0]);
+        assert_eq!(
+            &grpc_request("pkg.Svc").unwrap()[..],
+            [
+                0, 0, 0, 0, 9, 0x0A, 7, b'p', b'k', b'g', b'.', b'S', b'v', b'c'
+            ]
+        );
+        let long = "s".repeat(200);
+        let framed = grpc_request(&long).unwrap();
+        // A two-byte length: 200 = 0xC8 0x01.
+        assert_eq!(&framed[..8], [0, 0, 0, 0, 203, 0x0A, 0xC8, 0x01]);
+        assert_eq!(framed.len(), 5 + 203);
+    }
+
+    #[test]
+    fn serving_status_decodes_and_skips_unknown_fields() {
+        assert_eq!(serving_status(&[0x08, 0x01]), Some(1));
+        assert_eq!(serving_status(&[0x08, 0x02]), Some(2));
+        // proto3: an absent field is its default, UNKNOWN.
+        assert_eq!(serving_status(&[]), Some(0));
+        // Unknown fields of every wire type around it; the last value wins.
+        let message = [
+            0x10, 0x96, 0x01, // field 2, varint
+            0x19, 1, 2, 3, 4, 5, 6, 7, 8, // field 3, fixed64
+            0x08, 0x02, // status NOT_SERVING
+            0x22, 2, b'h', b'i', // field 4, bytes
+            0x2D, 1, 2, 3, 4, // field 5, fixed32
+            0x08, 0x01, // status SERVING
+        ];
+        assert_eq!(serving_status(&message), Some(1));
+        // Malformed: truncated, field 0, status with the wrong wire type, groups.
+        for bad in [
+            &[0x08][..],
+            &[0x00, 0x01],
+            &[0x0A, 0x01, 0x01],
+            &[0x1B],
+            &[0x22, 5, 1],
+        ] {
+            assert_eq!(serving_status(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_verdict_reads_status_then_message() {
+        let framed = |message: &[u8]| {
+            let mut b = vec![0, 0, 0, 0, message.len() as u8];
+            b.extend_from_slice(message);
+            b
+        };
+        let grpc = |code: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-status", HeaderValue::from_static(code));
+            h
+        };
+        let none = HeaderMap::new();
+        let ok = StatusCode::OK;
+        let serving = framed(&[0x08, 0x01]);
+        assert_eq!(grpc_verdict(ok, &none, Some(&grpc("0")), &serving), Ok(()));
+        assert_eq!(
+            grpc_verdict(ok, &none, Some(&grpc("0")), &framed(&[0x08, 0x02])),
+            Err("serving status 2 (NOT_SERVING)".into())
+        );
+        assert_eq!(
+            grpc_verdict(ok, &none, Some(&grpc("0")), &framed(&[])),
+            Err("serving status 0 (UNKNOWN)".into())
+        );
+        // Trailers-only: the status is in the headers.
+        assert_eq!(
+            grpc_verdict(ok, &grpc("5"), None, &[]),
+            Err("grpc-status 5".into())
+        );
+        assert_eq!(
+            grpc_verdict(ok, &none, None, &serving),
+            Err("no grpc-status".into())
+        );
+        assert_eq!(
+            grpc_verdict(StatusCode::NOT_FOUND, &none, Some(&grpc("0")), &serving),
+            Err("status 404".into())
+        );
+        assert_eq!(
+            grpc_verdict(ok, &none, Some(&grpc("0")), &[]),
+            Err("no response message".into())
+        );
+        assert_eq!(
+            grpc_verdict(ok, &none, Some(&grpc("0")), &serving[..6]),
+            Err("truncated response message".into())
+        );
+        let mut compressed = serving.clone();
+        compressed[0] = 1;
+        assert_eq!(
+            grpc_verdict(ok, &none, Some(&grpc("0")), &compressed),
+            Err("compressed response message".into())
+        );
+    }
+
+    /// Waits (bounded) until `cond` holds.
+    async fn until(cond: impl Fn() -> bool) {
+        for _ in 0..250 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out");
+    }
+
+    #[tokio::test]
+    async fn supervisor_follows_the_snapshot() {
+        let closed = closed_port().await;
+        let compile = |threshold: u32, previous: Option<&Gateway>| {
+            let text = format!(
+                "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\n\
+                 upstreams:\n  \
+                 api: {{ endpoints: [\"{closed}\"], health_check: {{ type: tcp, \
+                 interval: 20ms, unhealthy_threshold: {threshold} }} }}\n"
+            );
+            let cfg = crate::config::load_str(&text, "t.yaml").unwrap();
+            Arc::new(crate::gateway::compile(cfg, "t.yaml", 1, previous).unwrap())
+        };
+        let current = Arc::new(ArcSwap::new(compile(1, None)));
+        let snapshot = current.clone();
+        let supervisor = tokio::spawn(supervise(move || snapshot.load_full()));
+        let api = || current.load().upstreams["api"].clone();
+        let first = api();
+        until(|| !first.states[0].is_healthy()).await;
+        assert_eq!(first.stats.health_transitions.load(Ordering::Relaxed), 1);
+
+        // Unchanged: the same upstream, still unhealthy, checked by the same task.
+        current.store(compile(1, Some(&current.load())));
+        assert!(Arc::ptr_eq(&first, &api()));
+        tokio::time::sleep(SUPERVISE_EVERY + Duration::from_millis(200)).await;
+        assert!(!first.states[0].is_healthy());
+        assert_eq!(first.stats.health_transitions.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            Arc::weak_count(&first),
+            2,
+            "the supervisor's entry and one checker"
+        );
+
+        // Changed: a new upstream, healthy until its own checks say otherwise;
+        // the old one's checkers stop.
+        current.store(compile(2, Some(&current.load())));
+        let second = api();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(second.states[0].is_healthy());
+        until(|| !second.states[0].is_healthy()).await;
+        until(|| Arc::weak_count(&first) == 0).await;
+        supervisor.abort();
+    }
+}

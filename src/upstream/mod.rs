@@ -188,7 +188,11 @@ impl Upstream {
     /// Idle pooled connections, all workers and endpoints together. Takes each
     /// pool's lock in turn, like the idle sweep: for metrics scrapes only.
     pub fn idle_connections(&self) -> usize {
-        self.pools.iter().flatten().map(EndpointPool::idle_len).sum()
+        self.pools
+            .iter()
+            .flatten()
+            .map(EndpointPool::idle_len)
+            .sum()
     }
 
     /// Re-resolves DNS endpoints.

@@ -95,7 +95,8 @@ fn judge(
         }
     }
     if cfg.failure_ratio > 0.0 {
-        let (requests, failures) = count_in_window(state, failed, cfg.window.0.as_millis() as u64, now);
+        let (requests, failures) =
+            count_in_window(state, failed, cfg.window.0.as_millis() as u64, now);
         if requests >= cfg.min_requests.max(1)
             && f64::from(failures) >= cfg.failure_ratio * f64::from(requests)
         {

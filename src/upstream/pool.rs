@@ -88,7 +88,10 @@ impl EndpointPool {
 
     /// Idle HTTP/1.1 connections kept now (for metrics; takes the pool's lock).
     pub fn idle_len(&self) -> usize {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

@@ -5,8 +5,8 @@
 //! when the upstream does (its definition unchanged).
 
 use std::ops::Deref;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::observe::metrics::Histogram;
