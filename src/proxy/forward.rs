@@ -97,12 +97,12 @@ pub async fn forward(
     let method = retry.map(|_| parts.method.clone());
 
     let mut head = Some(parts);
-    let mut avoid = None;
+    let mut tried = Vec::new();
     let mut attempt = 1;
     let mut retry_slot = None;
     let sent = loop {
         let endpoint = upstream
-            .pick(ctx.conn.worker, key.as_deref(), avoid)
+            .pick(ctx.conn.worker, key.as_deref(), &tried)
             .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
         let last = retry.is_none_or(|p| attempt >= p.attempts);
         let mut parts = match (&head, last) {
@@ -149,7 +149,7 @@ pub async fn forward(
             drop(result);
             retry_slot = Some(slot);
             tokio::time::sleep(p.backoff(attempt)).await;
-            avoid = Some(endpoint);
+            tried.push(endpoint);
             attempt += 1;
             continue;
         }

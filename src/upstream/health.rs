@@ -23,7 +23,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, TE, USER_AGENT};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
@@ -87,7 +87,11 @@ pub async fn supervise(snapshot: impl Fn() -> Arc<Gateway> + Send) {
             for index in 0..up.endpoints.len() {
                 checkers.spawn(check_endpoint(Arc::downgrade(up), index, probe.clone()));
             }
-            tracing::debug!(upstream = %name, endpoints = up.endpoints.len(), "health checks started");
+            tracing::debug!(
+                upstream = %name,
+                endpoints = up.endpoints.len(),
+                "health checks started"
+            );
             running.insert(name.clone(), (Arc::downgrade(up), checkers));
         }
     }
@@ -107,7 +111,12 @@ async fn check_endpoint(upstream: Weak<Upstream>, index: usize, probe: Arc<Probe
         };
         let verdict = probe.check(endpoint).await;
         if let Err(reason) = &verdict {
-            tracing::debug!(upstream = %up.name, endpoint = %endpoint.address, %reason, "health check failed");
+            tracing::debug!(
+                upstream = %up.name,
+                endpoint = %endpoint.address,
+                %reason,
+                "health check failed"
+            );
         }
         if let Some(healthy) = streak.record(verdict.is_ok(), state.is_healthy(), &probe.thresholds)
             && state.set_healthy(healthy)
@@ -167,7 +176,7 @@ impl Streak {
     }
 }
 
-/// A failed check, with the reason for the log.
+/// The result of one check; a failure carries its reason, for the log.
 type Verdict = Result<(), String>;
 
 /// One upstream's health check, parsed once and shared by its endpoints' checkers.
@@ -181,6 +190,7 @@ struct Probe {
     thresholds: Thresholds,
 }
 
+/// What a check does, with its request prepared.
 enum ProbeKind {
     Tcp,
     Http {
@@ -305,8 +315,9 @@ impl Probe {
     }
 }
 
-/// A check request's head: origin-form and `Host` for HTTP/1.1, absolute URI
-/// (hence `:authority`) for HTTP/2.
+/// A check request's head: origin-form, `Host` and `Connection: close` for
+/// HTTP/1.1 (the connection serves one check), absolute URI (hence
+/// `:authority`) for HTTP/2.
 fn request(
     method: Method,
     authority: Authority,
@@ -326,6 +337,7 @@ fn request(
         b.version(Version::HTTP_11)
             .uri(Uri::from(path))
             .header(HOST, authority.as_str())
+            .header(CONNECTION, "close")
     }
 }
 
@@ -418,15 +430,19 @@ fn grpc_verdict(
     if status != StatusCode::OK {
         return Err(format!("status {}", status.as_u16()));
     }
-    let grpc_status = trailers
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| headers.get("grpc-status"))
-        .ok_or("no grpc-status")?;
+    let outcome = trailers
+        .filter(|t| t.contains_key("grpc-status"))
+        .unwrap_or(headers);
+    let grpc_status = outcome.get("grpc-status").ok_or("no grpc-status")?;
     if grpc_status != "0" {
-        return Err(format!(
-            "grpc-status {}",
-            String::from_utf8_lossy(grpc_status.as_bytes())
-        ));
+        let code = String::from_utf8_lossy(grpc_status.as_bytes());
+        return Err(match outcome.get("grpc-message") {
+            Some(m) => format!(
+                "grpc-status {code}: {}",
+                String::from_utf8_lossy(m.as_bytes())
+            ),
+            None => format!("grpc-status {code}"),
+        });
     }
     let Some((&[compressed, a, b, c, d], rest)) = body.split_first_chunk::<5>() else {
         return Err("no response message".into());
@@ -749,6 +765,12 @@ mod tests {
         assert_eq!(
             grpc_verdict(ok, &grpc("5"), None, &[]),
             Err("grpc-status 5".into())
+        );
+        let mut failed = grpc("14");
+        failed.insert("grpc-message", HeaderValue::from_static("draining"));
+        assert_eq!(
+            grpc_verdict(ok, &none, Some(&failed), &serving),
+            Err("grpc-status 14: draining".into())
         );
         assert_eq!(
             grpc_verdict(ok, &none, None, &serving),

@@ -140,16 +140,18 @@ impl Upstream {
     }
 
     /// Picks an endpoint for a request on `worker`: one that is healthy, not
-    /// ejected and not `avoid` (the endpoint a retry moves away from).
+    /// ejected and not among `tried` (the endpoints earlier attempts of this
+    /// request went to).
     ///
-    /// Falls back, in order, to any available endpoint, to `avoid` itself, and
-    /// in panic mode to any endpoint at all; `None` means 503.
-    pub fn pick(&self, worker: usize, key: Option<&[u8]>, avoid: Option<usize>) -> Option<usize> {
+    /// Falls back, in order, to any available endpoint not tried, to an
+    /// available one already tried, and in panic mode to any endpoint at all;
+    /// `None` means 503.
+    pub fn pick(&self, worker: usize, key: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
         let worker = worker % self.pools.len();
         let states = &self.states;
         let slow_start = self.config.slow_start.0;
         let usable = |i: usize| {
-            Some(i) != avoid
+            !tried.contains(&i)
                 && states[i].is_available()
                 && (slow_start.is_zero() || admits_while_warming(&states[i], slow_start))
         };
@@ -158,17 +160,17 @@ impl Upstream {
         }
         let n = states.len();
         let start = fastrand::usize(..n.max(1));
-        let available = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| Some(i) != avoid && states[i].is_available());
-        available
-            .or(avoid.filter(|&i| states[i].is_available()))
-            .or_else(|| {
-                self.config
-                    .panic_mode
-                    .then(|| self.balancer.pick(worker, key, states, |_| true))
-                    .flatten()
-            })
+        let available = |fresh: bool| {
+            (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| states[i].is_available() && (!fresh || !tried.contains(&i)))
+        };
+        available(true).or_else(|| available(false)).or_else(|| {
+            self.config
+                .panic_mode
+                .then(|| self.balancer.pick(worker, key, states, |_| true))
+                .flatten()
+        })
     }
 
     /// The pool of one endpoint on one worker.
