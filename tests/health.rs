@@ -231,6 +231,7 @@ async fn h2c_upstream_is_checked_over_h2c() {
         &format!("protocol: h2c, {}", http_check("unhealthy_threshold: 1")),
     ));
     logged(&gw, &went_down(b.addr())).await;
+    eventually(&gw, "a check of a", || a.checks() > 0).await;
     let check = a.server.seen().into_iter().next().unwrap();
     assert_eq!(check.version, http::Version::HTTP_2);
     assert_eq!(
@@ -382,8 +383,9 @@ async fn health_state_survives_a_reload_that_keeps_the_upstream() {
         "the unhealthy endpoint got traffic after the reload"
     );
     assert_eq!(get_path(gw.addr("main"), "/extra").await.status, 204);
-    // Same checkers: the verdict did not restart from healthy.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Same checkers: the verdict did not restart from healthy. New checkers
+    // would start within a second (the supervisor's period) and flip it again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(gw.count_log(&went_down(b.addr())), 1, "{}", gw.stderr());
     assert_eq!(gw.count_log(&came_up(b.addr())), 0, "{}", gw.stderr());
 }

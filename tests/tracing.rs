@@ -105,15 +105,16 @@ async fn through(addr: SocketAddr, up: &Upstream, headers: &[(&str, &str)]) -> P
     trace_context(&seen[before])
 }
 
-/// Waits (10 s at most) until `read` yields at least `n` items.
-fn wait_for<T>(n: usize, read: impl Fn() -> Vec<T>) -> Vec<T> {
+/// Waits (10 s at most) until `read` yields at least `n` items, letting the
+/// test's own servers run meanwhile.
+async fn wait_for<T>(n: usize, read: impl Fn() -> Vec<T>) -> Vec<T> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let items = read();
         if items.len() >= n || Instant::now() >= deadline {
             return items;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -129,7 +130,7 @@ async fn a_new_trace_is_started_and_logged() {
     assert!(tc.tracestate.is_empty(), "tracestate without traceparent");
 
     let id = reply.header("x-request-id").unwrap().to_owned();
-    let lines = wait_for(1, || gw.stdout_lines());
+    let lines = wait_for(1, || gw.stdout_lines()).await;
     let line: serde_json::Value = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -146,7 +147,7 @@ async fn a_new_trace_is_started_and_logged() {
     // A direct answer is logged with a trace id too.
     let direct = send(addr, get("shop.example", "/hello")).await;
     let id = direct.header("x-request-id").unwrap().to_owned();
-    let lines = wait_for(3, || gw.stdout_lines());
+    let lines = wait_for(3, || gw.stdout_lines()).await;
     let line: serde_json::Value = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -424,7 +425,7 @@ mod otel {
             .unwrap_or_else(|| panic!("no span of trace {trace_id}: {spans:#?}"))
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sampled_requests_are_exported() {
         let col = collector().await;
         let up = upstream::named("up").await;
@@ -461,7 +462,7 @@ routes:
         let broken = send(addr, get("shop.example", "/broken")).await;
         assert!(broken.status.is_server_error(), "{}", broken.status);
 
-        let spans = wait_for(4, || spans(&col));
+        let spans = wait_for(4, || spans(&col)).await;
         assert_eq!(spans.len(), 4, "{spans:#?}");
         assert!(spans.iter().all(|s| s["traceId"] != unsampled));
 
@@ -525,7 +526,7 @@ routes:
         drop(gw);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_throttling_collector_gets_the_spans_later() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
@@ -546,7 +547,7 @@ routes:
         let (_gw, addr) = gateway(up.addr, &otlp(&col, "100ms"));
         let tc = through(addr, &up, &[]).await;
 
-        let seen = wait_for(2, || col.seen());
+        let seen = wait_for(2, || col.seen()).await;
         assert!(seen.len() >= 2, "{} export requests", seen.len());
         let retried: Value = serde_json::from_slice(&seen[1].body).unwrap();
         assert_eq!(
@@ -555,7 +556,7 @@ routes:
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spans_are_sent_at_exit() {
         let col = collector().await;
         let up = upstream::named("up").await;

@@ -180,7 +180,7 @@ impl Api {
             }
             Endpoint::Config => json(StatusCode::OK, &views::config(&gw.config)),
             Endpoint::Upstreams => json(StatusCode::OK, &views::upstreams(&gw)),
-            Endpoint::Reload => match server::reload(&self.shared).await {
+            Endpoint::Reload => match self.reload().await {
                 Ok(()) => {
                     tracing::info!(trigger = "admin API", "config reloaded");
                     json(StatusCode::OK, &serde_json::json!({ "status": "reloaded" }))
@@ -217,6 +217,15 @@ impl Api {
                 }
             }
         }
+    }
+
+    /// Reloads in a task of its own: a client that goes away does not cancel
+    /// a reload it asked for.
+    async fn reload(&self) -> Result<(), ReloadError> {
+        let shared = self.shared.clone();
+        tokio::spawn(async move { server::reload(&shared).await })
+            .await
+            .unwrap_or_else(|e| Err(ReloadError::Failed(format!("reload task failed: {e}"))))
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {

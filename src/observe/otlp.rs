@@ -591,7 +591,7 @@ fn span(r: &Record) -> Option<Span<'_>> {
         start_time_unix_nano: unix_nanos(start).to_string(),
         end_time_unix_nano: unix_nanos(start + r.duration).to_string(),
         attributes,
-        status: (r.status >= 500).then(|| Status {
+        status: (r.status >= 500).then_some(Status {
             message: r.error.as_deref(),
             code: STATUS_ERROR,
         }),

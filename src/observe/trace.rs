@@ -318,7 +318,10 @@ mod tests {
     const TRACE: &str = "12345678901234567890123456789012";
     const PARENT: &str = "1234567890123456";
 
-    fn parsed(s: &str) -> Option<(String, String, bool)> {
+    /// A parse result as (trace id, parent id, sampled).
+    type Parsed = Option<(String, String, bool)>;
+
+    fn parsed(s: &str) -> Parsed {
         parse_traceparent(s.as_bytes())
             .map(|p| (p.trace_id.to_string(), p.parent_id.to_string(), p.sampled))
     }
@@ -326,7 +329,7 @@ mod tests {
     #[test]
     fn traceparent_table() {
         let ok = |sampled| Some((TRACE.to_owned(), PARENT.to_owned(), sampled));
-        let cases: &[(&str, Option<(String, String, bool)>)] = &[
+        let cases: &[(&str, Parsed)] = &[
             // Valid version 00, both flag values, other flag bits masked off.
             (&format!("00-{TRACE}-{PARENT}-01"), ok(true)),
             (&format!("00-{TRACE}-{PARENT}-00"), ok(false)),

@@ -192,7 +192,7 @@ impl Replayable {
                 tee: self.tee.clone(),
                 pos: 0,
                 generation: tee.generation,
-                hint: self.hint.clone(),
+                hint: self.hint,
             },
             counter: self.counter.clone(),
             idle: IdleTimer::new(idle),
@@ -303,7 +303,7 @@ impl Body for RequestBody {
         match &self.source {
             Source::None => SizeHint::with_exact(0),
             Source::Direct(b) => b.size_hint(),
-            Source::Replay { hint, .. } => hint.clone(),
+            Source::Replay { hint, .. } => *hint,
         }
     }
 }

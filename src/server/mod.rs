@@ -35,6 +35,10 @@ pub struct Shared {
     pub config_path: PathBuf,
     workers: Vec<Handle>,
     listeners: Mutex<HashMap<(Arc<str>, SocketAddr), RunningListener>>,
+    /// Held for a whole reload, so that reloads from SIGHUP, the file watcher
+    /// and the admin API run one after the other, each compiled against the
+    /// snapshot the previous one installed.
+    reloading: Mutex<()>,
     /// Set (under the `listeners` lock) when shutdown starts: a reload then
     /// binds nothing new.
     stopping: AtomicBool,
@@ -125,6 +129,7 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         config_path: path,
         workers: handles,
         listeners: Mutex::new(HashMap::new()),
+        reloading: Mutex::new(()),
         stopping: AtomicBool::new(false),
     });
     let code = control.block_on(async {
@@ -393,6 +398,7 @@ pub enum ReloadError {
 /// serving when anything fails. SIGHUP, the file watcher and the admin API
 /// all reload here, so each reload is counted once.
 pub async fn reload(shared: &Arc<Shared>) -> Result<(), ReloadError> {
+    let _one_at_a_time = shared.reloading.lock().await;
     let result = load_and_apply(shared).await;
     shared.current.load().metrics.reloaded(result.is_ok());
     result
