@@ -261,13 +261,39 @@ pub(crate) fn interpolate(
     let mut errors = Vec::new();
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let line_no = index as u64 + 1;
-        interpolate_line(line, line_no, file, &lookup, &mut out, &mut errors);
+        // A commented-out `${VAR}` must not need VAR set.
+        let (code, comment) = line.split_at(comment_start(line).unwrap_or(line.len()));
+        interpolate_line(code, line_no, file, &lookup, &mut out, &mut errors);
+        out.push_str(comment);
     }
     if errors.is_empty() {
         Ok(out)
     } else {
         Err(errors)
     }
+}
+
+/// Where a YAML comment starts on `line`: a `#` at the start or after a space
+/// or tab, outside single- and double-quoted scalars. (A `#` inside a block
+/// scalar's text is taken for a comment too: references after it stay as
+/// written.)
+fn comment_start(line: &str) -> Option<usize> {
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    let mut prev = None;
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if double => escaped = true,
+            '"' if !single => double = !double,
+            '\'' if !double => single = !single,
+            '#' if !single && !double && prev.is_none_or(|p: char| p == ' ' || p == '\t') => {
+                return Some(i);
+            }
+            _ => {}
+        }
+        prev = Some(c);
+    }
+    None
 }
 
 /// Interpolates one line (with its line break, if any) into `out`.
@@ -367,6 +393,21 @@ mod tests {
 
     fn interp(text: &str) -> Result<String, Vec<ConfigError>> {
         interpolate(text, "t.yaml", env)
+    }
+
+    #[test]
+    fn comments_are_not_interpolated() {
+        assert_eq!(
+            interp("a: ${HOST} # was ${NOPE}\n").unwrap(),
+            "a: 10.0.0.1 # was ${NOPE}\n"
+        );
+        assert_eq!(interp("# token: ${NOPE}\n").unwrap(), "# token: ${NOPE}\n");
+        assert_eq!(interp("  # ${NOPE}").unwrap(), "  # ${NOPE}");
+        // Not comments: inside quotes, or `#` within a word.
+        assert!(interp("a: \"x # ${NOPE}\"").is_err());
+        assert!(interp("a: 'it''s # ${NOPE}'").is_err());
+        assert!(interp("a: x#${NOPE}").is_err());
+        assert_eq!(interp("a: \"x \\\" # y\" # ${NOPE}").unwrap(), "a: \"x \\\" # y\" # ${NOPE}");
     }
 
     #[test]
