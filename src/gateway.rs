@@ -124,12 +124,13 @@ pub fn check(cfg: Config, file: &str, workers: usize) -> Result<Gateway, ConfigE
     build(cfg, file, workers, None, AccessLogMode::Verify)
 }
 
-/// What compiling does with the access log.
+/// What compiling does with the access log (and the span exporter).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum AccessLogMode {
-    /// Open the target and start the writer (or keep the previous one).
+    /// Open the target and start the writer (or keep the previous one); the
+    /// same for the span exporter.
     Start,
-    /// Only check that a file target's folder exists.
+    /// Only check that a file target's folder exists; start no exporter.
     Verify,
 }
 

@@ -166,7 +166,6 @@ async fn route_and_run(
     }
     match &route.action {
         Action::Proxy { upstream, retry } => {
-            ctx.trace.propagate(req.headers_mut());
             forward::forward(gw, upstream, retry.as_ref(), req, ctx).await
         }
         Action::Respond {

@@ -208,6 +208,17 @@ async fn a_valid_traceparent_is_continued() {
     .await;
     assert_eq!(tc.tracestate, ["foo=1,bar=2,baz=3"]);
 
+    // A client naming traceparent in Connection does not strip the
+    // gateway's own (hop-by-hop removal runs first).
+    let tc = through(
+        addr,
+        &up,
+        &[("traceparent", &tp), ("connection", "traceparent")],
+    )
+    .await;
+    assert_eq!(tc.trace_id, TRACE);
+    assert_ne!(tc.parent_id, PARENT);
+
     // An invalid tracestate is dropped; the trace still continues.
     for state in ["foo=1,foo=2", "FOO=1", "foo=", "foo@@bar=1", ""] {
         let tc = through(addr, &up, &[("traceparent", &tp), ("tracestate", state)]).await;

@@ -153,7 +153,7 @@ const UPSTREAM_GAUGES: [(&str, &str, Read); 6] = [
     (
         "upstream_active_requests",
         "Requests to the upstream in flight now, retries included",
-        |u| u.stats.active_requests.load(Relaxed).into(),
+        |u| u.requests_in_flight().into(),
     ),
     (
         "upstream_pending_requests",

@@ -89,6 +89,8 @@ pub fn upstreams(gw: &Gateway) -> Value {
         .iter()
         .map(|(name, up)| {
             let slow_start = up.config.slow_start.0;
+            // Latency is only tracked for the balancer that reads it.
+            let peak_ewma = up.config.balance == crate::config::BalanceConfig::PeakEwma;
             let endpoints: Vec<Value> = up
                 .endpoints
                 .iter()
@@ -103,7 +105,7 @@ pub fn upstreams(gw: &Gateway) -> Value {
                         "ejected_for_ms": ejected_until.map(|until| until.saturating_sub(now)),
                         "ejections": state.ejection_count(),
                         "in_flight": state.inflight(),
-                        "ewma_ms": state.ewma_micros(now) / 1000.0,
+                        "ewma_ms": peak_ewma.then(|| state.ewma_micros(now) / 1000.0),
                         "warmth": state.warmth(slow_start, now),
                     })
                 })

@@ -407,7 +407,10 @@ mod tests {
         assert!(interp("a: \"x # ${NOPE}\"").is_err());
         assert!(interp("a: 'it''s # ${NOPE}'").is_err());
         assert!(interp("a: x#${NOPE}").is_err());
-        assert_eq!(interp("a: \"x \\\" # y\" # ${NOPE}").unwrap(), "a: \"x \\\" # y\" # ${NOPE}");
+        assert_eq!(
+            interp("a: \"x \\\" # y\" # ${NOPE}").unwrap(),
+            "a: \"x \\\" # y\" # ${NOPE}"
+        );
     }
 
     #[test]

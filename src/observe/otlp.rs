@@ -126,12 +126,6 @@ pub struct Exporter {
     dropped: Arc<AtomicU64>,
 }
 
-impl fmt::Debug for Exporter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Exporter").finish_non_exhaustive()
-    }
-}
-
 impl Exporter {
     /// Starts the export thread for `cfg`.
     pub fn start(cfg: &OtlpConfig) -> io::Result<Self> {
@@ -141,18 +135,20 @@ impl Exporter {
             .build()?;
         let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        // `interval` panics on zero; validation refuses it anyway.
+        let interval = cfg.flush_interval.0.max(Duration::from_millis(1));
         let batcher = Batcher {
             url: cfg.endpoint.clone(),
             endpoint,
             service_name: cfg.service_name.clone(),
-            interval: cfg.flush_interval.0,
+            interval,
             cap: cfg.buffer.max(1),
             conn: None,
             pending: VecDeque::new(),
             dropped: dropped.clone(),
             lost: 0,
             hold: None,
-            backoff: cfg.flush_interval.0,
+            backoff: interval,
             failure: None,
         };
         std::thread::Builder::new()
@@ -521,6 +517,13 @@ fn kv<'a>(key: &'static str, value: impl Into<Cow<'a, str>>) -> KeyValue<'a> {
     }
 }
 
+fn int(key: &'static str, value: u64) -> KeyValue<'static> {
+    KeyValue {
+        key,
+        value: AnyValue::Int(value.to_string()),
+    }
+}
+
 /// Encodes one export request for `records` (those with a trace context).
 fn encode<'a>(
     service_name: &str,
@@ -552,10 +555,9 @@ fn span(r: &Record) -> Option<Span<'_>> {
     let mut attributes = vec![
         kv("http.request.method", r.method.as_str()),
         kv("url.path", path),
-        KeyValue {
-            key: "http.response.status_code",
-            value: AnyValue::Int(r.status.to_string()),
-        },
+        int("http.response.status_code", r.status.into()),
+        int("http.request.body.size", r.bytes_in),
+        int("http.response.body.size", r.bytes_out),
         kv("portico.request_id", r.request_id.as_str()),
     ];
     if let Some(route) = &r.route {
@@ -651,6 +653,8 @@ mod tests {
             route: Some("api".into()),
             upstream: Some("10.1.0.1:80".parse().unwrap()),
             duration: Duration::from_millis(5),
+            bytes_in: 3,
+            bytes_out: 1234,
             error: (status >= 500).then(|| "upstream refused".to_owned()),
             trace: Some(SpanContext {
                 trace_id: TraceId([0x11; 16]),
@@ -706,6 +710,8 @@ mod tests {
             get("http.response.status_code").unwrap(),
             serde_json::json!({"intValue": "200"})
         );
+        assert_eq!(get("http.request.body.size").unwrap()["intValue"], "3");
+        assert_eq!(get("http.response.body.size").unwrap()["intValue"], "1234");
         assert_eq!(get("http.route").unwrap()["stringValue"], "api");
         assert_eq!(
             get("server.address").unwrap()["stringValue"],

@@ -174,11 +174,6 @@ impl Replayable {
         }
     }
 
-    /// Whether the whole body can still be sent again.
-    pub fn can_replay(&self) -> bool {
-        !lock(&self.tee).overflowed
-    }
-
     /// The body for the next attempt; the previous attempt's body stops
     /// yielding. `None` when the body can no longer be replayed.
     pub fn attempt(&self, idle: Duration) -> Option<RequestBody> {

@@ -2,6 +2,7 @@
 //! the upstream's answer into the client's, including WebSocket upgrades.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme, Uri};
@@ -32,6 +33,12 @@ pub async fn forward(
     let upgrading = wants_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let h2 = upstream.config.protocol == UpstreamProtocol::H2c;
+    let limit = match retry {
+        Some(p) if !p.per_try_timeout.is_zero() => {
+            p.per_try_timeout.min(upstream.config.timeouts.request.0)
+        }
+        _ => upstream.config.timeouts.request.0,
+    };
     // An upgrade hands the connection over: nothing to retry.
     let retry = retry.filter(|p| p.attempts > 1 && !upgrading);
 
@@ -52,6 +59,9 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers, upgrading && !h2);
+    // After the hop-by-hop removal: a client's `Connection: traceparent`
+    // must not strip the gateway's own.
+    ctx.trace.propagate(headers);
     headers.remove(header::EXPECT);
     set_forwarded(
         headers,
@@ -88,22 +98,20 @@ pub async fn forward(
         Some(_) => Outgoing::Empty,
         None => Outgoing::Once(Some(RequestBody::new(body, counter, idle))),
     };
-    let limit = match retry {
-        Some(p) if !p.per_try_timeout.is_zero() => {
-            p.per_try_timeout.min(upstream.config.timeouts.request.0)
-        }
-        _ => upstream.config.timeouts.request.0,
-    };
     let method = retry.map(|_| parts.method.clone());
 
     let mut head = Some(parts);
     let mut tried = Vec::new();
     let mut attempt = 1;
     let mut retry_slot = None;
+    let worker = ctx.conn.worker;
+    let mut endpoint = upstream
+        .pick(worker, key.as_deref(), &tried)
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
+    let mut attempt_body = body
+        .next(idle)
+        .ok_or_else(|| ProxyError::new(ErrorKind::Internal).context("request body"))?;
     let sent = loop {
-        let endpoint = upstream
-            .pick(ctx.conn.worker, key.as_deref(), &tried)
-            .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
         let last = retry.is_none_or(|p| attempt >= p.attempts);
         let mut parts = match (&head, last) {
             (Some(h), false) => copy_head(h),
@@ -115,13 +123,10 @@ pub async fn forward(
             .clone()
             .unwrap_or_else(|| upstream.endpoints[endpoint].host_header.clone());
         address(&mut parts, host, &pq, h2)?;
-        let Some(attempt_body) = body.next(idle) else {
-            return Err(ProxyError::new(ErrorKind::Internal).context("request body not replayable"));
-        };
-        let sent_at = Instant::now();
+        let sent_at = ctx.exchange.record().is_some().then(Instant::now);
         let result = pool::send(
             upstream,
-            ctx.conn.worker,
+            worker,
             endpoint,
             Request::from_parts(parts, attempt_body),
             limit,
@@ -130,31 +135,39 @@ pub async fn forward(
         drop(retry_slot.take());
         if let (Some(p), Some(method)) = (retry, &method)
             && !last
-            && body.can_replay()
             && match &result {
                 Ok(sent) => p.retries_status(sent.response.status(), method),
                 Err(e) => p.retries_error(e, method),
             }
-            && let Some(slot) = retry::take_slot(upstream)
         {
-            tracing::debug!(
-                upstream = %upstream.name,
-                attempt,
-                outcome = %match &result {
-                    Ok(sent) => sent.response.status().to_string(),
-                    Err(e) => e.to_string(),
-                },
-                "retrying"
-            );
-            drop(result);
-            retry_slot = Some(slot);
-            tokio::time::sleep(p.backoff(attempt)).await;
             tried.push(endpoint);
-            attempt += 1;
-            continue;
+            // Everything that could still refuse the retry is settled before
+            // the failed attempt's answer is let go, so that a refusal returns
+            // that answer; taking the next body stops the failed attempt's.
+            if let Some(next) = upstream.pick(worker, key.as_deref(), &tried)
+                && let Some(slot) = retry::take_slot(upstream)
+                && let Some(next_body) = body.next(idle)
+            {
+                tracing::debug!(
+                    upstream = %upstream.name,
+                    attempt,
+                    outcome = %match &result {
+                        Ok(sent) => sent.response.status().to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                    "retrying"
+                );
+                drop(result);
+                upstream.stats.retries.fetch_add(1, Ordering::Relaxed);
+                retry_slot = Some(slot);
+                tokio::time::sleep(p.backoff(attempt)).await;
+                (endpoint, attempt_body) = (next, next_body);
+                attempt += 1;
+                continue;
+            }
         }
-        if let Some(r) = ctx.exchange.record() {
-            r.upstream_duration = Some(sent_at.elapsed());
+        if let (Some(r), Some(t)) = (ctx.exchange.record(), sent_at) {
+            r.upstream_duration = Some(t.elapsed());
         }
         break result?;
     };
@@ -214,19 +227,13 @@ enum Outgoing {
 }
 
 impl Outgoing {
+    /// The body for the next attempt, which stops the previous attempt's;
+    /// `None` when the body cannot be sent again.
     fn next(&mut self, idle: Duration) -> Option<RequestBody> {
         match self {
             Outgoing::Once(b) => b.take(),
             Outgoing::Empty => Some(RequestBody::empty()),
             Outgoing::Replay(r) => r.attempt(idle),
-        }
-    }
-
-    fn can_replay(&self) -> bool {
-        match self {
-            Outgoing::Once(_) => false,
-            Outgoing::Empty => true,
-            Outgoing::Replay(r) => r.can_replay(),
         }
     }
 }

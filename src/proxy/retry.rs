@@ -112,21 +112,20 @@ fn is_idempotent(method: &Method) -> bool {
 pub fn take_slot(upstream: &Upstream) -> Option<Held<&AtomicU32>> {
     let stats = &upstream.stats;
     let budget = &upstream.config.retry_budget;
-    let active = f64::from(stats.active_requests.load(Ordering::Relaxed));
+    let active = f64::from(upstream.requests_in_flight());
     let allowed = ((budget.percent / 100.0 * active) as u32).max(budget.min_concurrency);
     let cap = upstream.config.circuit_breaker.max_retries;
-    let running = stats.retries_active.load(Ordering::Relaxed);
-    let slot = Held::take(&stats.retries_active, 0)?;
-    if cap > 0 && running >= cap {
-        stats.rejected[Cap::Retries as usize].fetch_add(1, Ordering::Relaxed);
-        return None;
+    let limit = if cap > 0 { allowed.min(cap) } else { allowed };
+    let slot = Held::take(&stats.retries_active, limit);
+    if slot.is_none() {
+        // Which limit refused it: the cap when it is the lower one.
+        if cap > 0 && cap <= allowed {
+            stats.rejected[Cap::Retries as usize].fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.retries_over_budget.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    if running >= allowed {
-        stats.retries_over_budget.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-    stats.retries.fetch_add(1, Ordering::Relaxed);
-    Some(slot)
+    slot
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ const MAX_SCHEDULE: u64 = 1 << 16;
 const SMOOTH_BUILD_BUDGET: u64 = 1 << 22;
 /// Schedule entries round robin looks ahead for a usable endpoint.
 const MAX_SKIPS: usize = 64;
+/// Ring points consistent hashing walks past unusable owners.
+const MAX_RING_WALK: usize = 1024;
 /// Draws random and P2C policies make before giving up on finding a usable endpoint.
 const MAX_DRAWS: usize = 8;
 /// Virtual nodes on the hash ring per unit of (gcd-reduced) weight.
@@ -109,18 +111,15 @@ impl Balancer {
         match &self.kind {
             Kind::Empty => None,
             Kind::RoundRobin(rr) => rr.pick(worker, usable),
-            Kind::Random(w) => redraw(|| Some(w.pick()), usable),
-            Kind::LeastRequest(w) => redraw(|| p2c(w, &usable, |i| load(states, i)), &usable),
+            Kind::Random(w) => redraw(|| Some(w.pick()).filter(|&i| usable(i))),
+            Kind::LeastRequest(w) => redraw(|| p2c(w, &usable, |i| load(states, i))),
             Kind::PeakEwma(w) => {
                 let now = now_ms();
-                redraw(
-                    || p2c(w, &usable, |i| states.get(i).map_or(0.0, |s| s.cost(now))),
-                    &usable,
-                )
+                redraw(|| p2c(w, &usable, |i| states.get(i).map_or(0.0, |s| s.cost(now))))
             }
             Kind::ConsistentHash { ring, fallback } => match key {
                 Some(key) => ring.lookup(key, usable),
-                None => redraw(|| Some(fallback.pick()), usable),
+                None => redraw(|| Some(fallback.pick()).filter(|&i| usable(i))),
             },
         }
     }
@@ -409,9 +408,11 @@ fn p2c(w: &Weighted, usable: impl Fn(usize) -> bool, cost: impl Fn(usize) -> f64
     }
 }
 
-/// Draws up to `MAX_DRAWS` times until a usable endpoint comes up.
-fn redraw(draw: impl Fn() -> Option<usize>, usable: impl Fn(usize) -> bool) -> Option<usize> {
-    (0..MAX_DRAWS).filter_map(|_| draw()).find(|&i| usable(i))
+/// Draws up to `MAX_DRAWS` times until a draw finds a usable endpoint (each
+/// draw checks usability itself, once per endpoint it looks at: the check
+/// may be random, under slow start).
+fn redraw(draw: impl Fn() -> Option<usize>) -> Option<usize> {
+    (0..MAX_DRAWS).find_map(|_| draw())
 }
 
 // ---------------------------------------------------------------------------
@@ -495,7 +496,9 @@ impl Ring {
         let h = hash_key(key);
         let start = self.hashes.partition_point(|&p| p < h);
         let n = self.owners.len();
-        (0..n)
+        // Bounded, so that an outage does not cost a walk of the whole ring
+        // per request; past the bound the caller scans the endpoints.
+        (0..n.min(MAX_RING_WALK))
             .map(|k| self.owners[(start + k) % n] as usize)
             .find(|&i| usable(i))
     }

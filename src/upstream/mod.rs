@@ -204,6 +204,11 @@ impl Upstream {
         }
     }
 
+    /// Requests in flight to the upstream now, retries included.
+    pub fn requests_in_flight(&self) -> u32 {
+        self.states.iter().map(EndpointState::inflight).sum()
+    }
+
     pub(crate) fn begin(&self, endpoint: usize) {
         self.states[endpoint].begin();
     }

@@ -110,7 +110,8 @@ fn judge(
 /// a new window when the current one is over; returns the window's counts.
 fn count_in_window(state: &EndpointState, failed: bool, window: u64, now: u64) -> (u32, u32) {
     let start = state.window_start.load(Ordering::Relaxed);
-    if now.saturating_sub(start) >= window
+    // The first window starts with the endpoint's first counted request.
+    if (start == 0 || now.saturating_sub(start) >= window)
         && state
             .window_start
             .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -183,7 +184,7 @@ mod tests {
         assert_eq!(judge(&c, &s, Outcome::Failure, 100), None);
         assert_eq!(judge(&c, &s, Outcome::Success, 100), None);
         assert_eq!(judge(&c, &s, Outcome::Failure, 100), None);
-        // Fourth request: 3 of 4 failed.
+        // Fourth request: 2 of 4 failed.
         assert_eq!(judge(&c, &s, Outcome::Success, 100), Some("failure ratio"));
         // A new window starts from nothing.
         assert_eq!(judge(&c, &s, Outcome::Failure, 20_000), None);

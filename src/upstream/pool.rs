@@ -20,7 +20,7 @@ use tokio::time::{Instant, timeout};
 use super::Upstream;
 use super::outlier::Outcome;
 use super::state::{Cap, Held};
-use crate::config::{PoolConfig, UpstreamProtocol};
+use crate::config::{BalanceConfig, PoolConfig, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::proxy::body::RequestBody;
 
@@ -103,22 +103,25 @@ pub struct Lease {
     worker: usize,
     endpoint: usize,
     conn: Option<Idle>,
+    /// Counted in `stats.requests` (only with a `max_requests` cap: the sum
+    /// of the endpoints' in-flight counts serves everything else).
+    capped: bool,
 }
 
 impl Lease {
     /// Claims `endpoint`, unless the upstream is at `max_requests`.
     fn begin(upstream: &Arc<Upstream>, worker: usize, endpoint: usize) -> Result<Self, ProxyError> {
-        let stats = &upstream.stats;
-        let before = stats.active_requests.fetch_add(1, Ordering::Relaxed);
+        let cap = upstream.config.circuit_breaker.max_requests;
+        let before = (cap > 0).then(|| upstream.stats.requests.fetch_add(1, Ordering::Relaxed));
         upstream.begin(endpoint);
         let lease = Lease {
             upstream: upstream.clone(),
             worker,
             endpoint,
             conn: None,
+            capped: before.is_some(),
         };
-        let cap = upstream.config.circuit_breaker.max_requests;
-        if cap > 0 && before >= cap {
+        if before.is_some_and(|n| n >= cap) {
             return Err(over_cap(upstream, Cap::Requests, cap));
         }
         Ok(lease)
@@ -148,10 +151,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.upstream.end(self.endpoint);
-        self.upstream
-            .stats
-            .active_requests
-            .fetch_sub(1, Ordering::Relaxed);
+        if self.capped {
+            self.upstream.stats.requests.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -190,7 +192,9 @@ pub async fn send(
     let outcome = match &result {
         Ok(sent) => {
             let rtt = started.elapsed();
-            upstream.states[endpoint].observe_latency(rtt);
+            if upstream.config.balance == BalanceConfig::PeakEwma {
+                upstream.states[endpoint].observe_latency(rtt);
+            }
             upstream.stats.request_duration.observe(rtt);
             Some(if sent.response.status().is_server_error() {
                 Outcome::Failure
@@ -200,9 +204,12 @@ pub async fn send(
         }
         Err(e) => match e.kind {
             ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => Some(Outcome::ConnectFailure),
-            // A pooled connection that closed before the request went out, or
-            // REFUSED_STREAM, says nothing about the endpoint's health.
-            ErrorKind::UpstreamFailed if e.retry == Retry::Safe => None,
+            // A request the endpoint provably did not get (a pooled connection
+            // that closed before it went out, REFUSED_STREAM, no free pool
+            // slot) says nothing about the endpoint's health.
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout if e.retry == Retry::Safe => {
+                None
+            }
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Some(Outcome::Failure),
             _ => None,
         },
@@ -347,8 +354,14 @@ async fn wait_for_slot(
         p = sem.clone().acquire_owned() => p
             .map(Some)
             .map_err(|_| ProxyError::new(ErrorKind::Internal)),
-        () = tokio::time::sleep_until(deadline) => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
-            .context("waiting for a connection slot")),
+        () = tokio::time::sleep_until(deadline) => {
+            // Nothing was sent: any method may be retried, and the endpoint
+            // is not to blame.
+            let mut e = ProxyError::new(ErrorKind::UpstreamTimeout)
+                .context("waiting for a connection slot");
+            e.retry = Retry::Safe;
+            Err(e)
+        }
     }
 }
 

@@ -18,12 +18,18 @@ pub fn now_ms() -> u64 {
     base.elapsed().as_millis() as u64 + 1
 }
 
-/// One endpoint's health, ejection, load and latency.
+/// One endpoint's health, ejection, load and latency. Aligned to a cache line
+/// so that one endpoint's in-flight count, written by every request to it,
+/// does not share a line with its neighbours' health.
+#[repr(align(64))]
 pub struct EndpointState {
     /// Active health checks' verdict (true without checks).
     healthy: AtomicBool,
-    /// Ejected by outlier detection until this time (`now_ms`); 0 when not.
+    /// Ejected by outlier detection until this time (`now_ms`); 0 when not
+    /// (reset once the time has passed, so the common case reads no clock).
     ejected_until: AtomicU64,
+    /// When the last ejection ended (`now_ms`), for growing ejection times.
+    last_return: AtomicU64,
     /// Ejections in a row; each lasts longer. Reset when an endpoint that
     /// came back goes a whole ejection time without being ejected again.
     ejections: AtomicU32,
@@ -51,6 +57,7 @@ impl Default for EndpointState {
         Self {
             healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
+            last_return: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             available_since: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
@@ -102,10 +109,29 @@ impl EndpointState {
     }
 
     /// Whether the balancer may pick the endpoint: healthy and not ejected.
-    /// The common case (never ejected) reads two atomics and no clock.
+    /// The common case (not ejected) reads two atomics and no clock.
     pub fn is_available(&self) -> bool {
-        self.is_healthy()
-            && (self.ejected_until.load(Ordering::Relaxed) == 0 || !self.is_ejected(now_ms()))
+        self.is_healthy() && {
+            let until = self.ejected_until.load(Ordering::Relaxed);
+            until == 0 || self.returned(until)
+        }
+    }
+
+    /// Whether an ejection lasting `until` is over; the first to see it so
+    /// clears it and records the return.
+    fn returned(&self, until: u64) -> bool {
+        let now = now_ms();
+        if now < until {
+            return false;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.last_return.store(until, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Ejects the endpoint for `base` times the number of ejections in a row,
@@ -113,12 +139,12 @@ impl EndpointState {
     pub(crate) fn eject(&self, base: Duration, max: Duration) -> bool {
         let now = now_ms();
         let until = self.ejected_until.load(Ordering::Relaxed);
-        if until != 0 && now < until {
+        if until != 0 && !self.returned(until) {
             return false;
         }
         // An endpoint back for a whole base time without failing starts over.
-        let back_for = now.saturating_sub(until);
-        let n = if until != 0 && back_for < base.as_millis() as u64 {
+        let back = self.last_return.load(Ordering::Relaxed);
+        let n = if back != 0 && now.saturating_sub(back) < base.as_millis() as u64 {
             self.ejections.fetch_add(1, Ordering::Relaxed) + 1
         } else {
             self.ejections.store(1, Ordering::Relaxed);
@@ -128,7 +154,7 @@ impl EndpointState {
         let new_until = now + (time.as_millis() as u64).max(1);
         if self
             .ejected_until
-            .compare_exchange(until, new_until, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(0, new_until, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
         {
             return false;
@@ -226,8 +252,9 @@ pub struct UpstreamStats {
     /// Connections open now, all workers together (shared with each
     /// connection's task, which ends after the upstream may be gone).
     pub connections: Arc<AtomicU32>,
-    /// Requests in flight now (attempts, retries included).
-    pub active_requests: AtomicU32,
+    /// Requests in flight now, counted only under a `max_requests` cap
+    /// (see [`super::Upstream::requests_in_flight`] for the figure).
+    pub requests: AtomicU32,
     /// Requests waiting for a connection now.
     pub pending: AtomicU32,
     /// Retries in flight now.
