@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::error::{ErrorKind, ErrorStyle, ProxyError};
 use crate::filters::Flow;
 use crate::gateway::{Action, Gateway, Route};
-use crate::observe::metrics::{MethodClass, Recording, RouteMetrics};
+use crate::observe::metrics::{MethodClass, Recording};
 use crate::observe::trace::SpanContext;
 use crate::observe::{Exchange, request_id};
 use crate::proxy::body::ResponseBody;
@@ -64,8 +64,9 @@ pub struct RequestCtx {
     pub exchange: Exchange,
     /// The request's trace context, set on the upstream request.
     pub trace: SpanContext,
-    /// The matched route's instruments; `None` until a route matches.
-    pub route_metrics: Option<Arc<RouteMetrics>>,
+    /// The request's entry in the metrics (counted when dropped, also if the
+    /// client abandons the request).
+    pub recording: Recording,
 }
 
 /// Serves one request. Never fails: errors become problem responses here.
@@ -98,7 +99,7 @@ pub async fn handle(
         upstream_host: None,
         exchange,
         trace,
-        route_metrics: None,
+        recording: Recording::start(method, started),
     };
 
     let error_style = ErrorStyle::of(req.headers());
@@ -120,7 +121,7 @@ pub async fn handle(
     let RequestCtx {
         request_id,
         mut exchange,
-        route_metrics,
+        mut recording,
         ..
     } = ctx;
     let mut resp = result.unwrap_or_else(|e| {
@@ -142,8 +143,7 @@ pub async fn handle(
     resp.headers_mut()
         .insert(gw.request_id_header.clone(), request_id);
     resp.body_mut().set_exchange(exchange);
-    let route_metrics = route_metrics.unwrap_or_else(|| gw.metrics.unmatched().clone());
-    let recording = Recording::new(route_metrics, method, resp.status(), started);
+    recording.answered(resp.status(), gw.metrics.unmatched());
     resp.body_mut().set_recording(recording);
     Ok(resp)
 }
@@ -155,7 +155,7 @@ async fn route_and_run(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(gw, &req)?;
     let route = find_route(gw, &req, ctx)?;
-    ctx.route_metrics = Some(route.metrics.clone());
+    ctx.recording.set_route(&route.metrics);
     if let Some(r) = ctx.exchange.record() {
         r.route = Some(route.name.clone());
     }

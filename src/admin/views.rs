@@ -34,7 +34,17 @@ pub fn config(cfg: &Config) -> Value {
 fn redact(value: &mut Value) {
     match value {
         Value::Object(map) => {
+            // A `{ name, value }` pair (a header or query match, a header to
+            // set) whose name is a secret's holds the secret in its value.
+            let named_secret = map
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(names_a_secret);
             for (key, v) in map.iter_mut() {
+                if named_secret && matches!(key.as_str(), "value" | "regex") {
+                    redact_all(v);
+                    continue;
+                }
                 // An object under such a key is a structure (an upstream
                 // named `keycloak-api`, say) whose own keys tell.
                 if names_a_secret(key) && !v.is_object() {
@@ -156,8 +166,18 @@ mod tests {
             "upstreams": { "key-service": { "endpoints": ["10.0.0.1:80"] } },
             "routes": [{ "respond": { "headers": { "x-api-key": "k", "x-ok": "v" } } }],
             "auth": { "api_keys": ["a", "b"], "client_secret": null },
+            "match": { "headers": [
+                { "name": "x-api-key", "value": "s3cret", "regex": null },
+                { "name": "Authorization", "regex": "^Bearer abc" },
+                { "name": "x-tenant", "value": "acme" },
+            ] },
         });
         redact(&mut v);
+        let headers = &v["match"]["headers"];
+        assert_eq!(headers[0]["value"], REDACTED);
+        assert_eq!(headers[0]["name"], "x-api-key");
+        assert_eq!(headers[1]["regex"], REDACTED);
+        assert_eq!(headers[2]["value"], "acme");
         assert_eq!(v["admin"]["token"], REDACTED);
         assert_eq!(v["admin"]["address"], "127.0.0.1:9901");
         assert_eq!(v["upstreams"]["key-service"]["endpoints"][0], "10.0.0.1:80");

@@ -175,37 +175,52 @@ impl RouteMetrics {
     }
 }
 
-/// One request's entry in its route's metrics, recorded when dropped: the
-/// response body travels with it, so the duration runs until the body is
-/// done or the client went away.
+/// One request's entry in its route's metrics, recorded when dropped. It is
+/// made when the request starts and travels with the request, then with its
+/// response body, so the duration runs until the body is done or the client
+/// went away, and a request the client abandons before its response head is
+/// counted too, as status 499 (NGINX's "client closed request").
 pub struct Recording {
-    route: Arc<RouteMetrics>,
+    /// `None` until a route matches or an answer is made (nothing can abandon
+    /// a request before routing: it has no await point).
+    route: Option<Arc<RouteMetrics>>,
     method: MethodClass,
     status: StatusCode,
     started: Instant,
 }
 
+/// The status recorded for a request whose client left before its answer.
+const CLIENT_CLOSED: u16 = 499;
+
 impl Recording {
-    /// A request on `route` that started at `started`, answered with `status`.
-    pub fn new(
-        route: Arc<RouteMetrics>,
-        method: MethodClass,
-        status: StatusCode,
-        started: Instant,
-    ) -> Self {
+    /// A request with this method class that started at `started`.
+    pub fn start(method: MethodClass, started: Instant) -> Self {
         Self {
-            route,
+            route: None,
             method,
-            status,
+            status: StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST),
             started,
         }
+    }
+
+    /// The request matched the route with these instruments.
+    pub fn set_route(&mut self, route: &Arc<RouteMetrics>) {
+        self.route = Some(route.clone());
+    }
+
+    /// The request is answered with `status`; `unmatched` counts it when no
+    /// route matched.
+    pub fn answered(&mut self, status: StatusCode, unmatched: &Arc<RouteMetrics>) {
+        self.status = status;
+        self.route.get_or_insert_with(|| unmatched.clone());
     }
 }
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        self.route
-            .record(self.method, self.status, self.started.elapsed());
+        if let Some(route) = &self.route {
+            route.record(self.method, self.status, self.started.elapsed());
+        }
     }
 }
 
@@ -456,12 +471,9 @@ mod tests {
     #[test]
     fn recording_counts_when_dropped_and_gauges_follow_connections() {
         let m = Metrics::new();
-        let r = Recording::new(
-            m.route("r"),
-            MethodClass::of(&Method::POST),
-            StatusCode::NOT_FOUND,
-            Instant::now(),
-        );
+        let mut r = Recording::start(MethodClass::of(&Method::POST), Instant::now());
+        r.set_route(&m.route("r"));
+        r.answered(StatusCode::NOT_FOUND, m.unmatched());
         let gauge = m.listener_connections("main");
         let open = OpenConnection::new(gauge.clone());
         assert_eq!(gauge.get(), 1);
