@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use support::raw::{self, Action};
 use support::upstream::{self, Seen, Upstream};
 use support::{Gateway, Reply, get, get_path, send};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -1639,4 +1640,423 @@ async fn an_endpoint_killed_under_load_fails_no_request() {
         b.count_prefix("/u/") > b_at_trip,
         "no traffic after the kill"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Review fixes: each test below failed before the fix it is named after.
+
+/// A minimal HTTP/1.1 upstream on raw TCP, for behaviour hyper's server does
+/// not offer (answering before the body is read, a body sent late). Records
+/// the request line of every head it reads; aborting the accept task (on
+/// drop) closes every connection.
+struct RawServer {
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawServer {
+    /// Request heads read so far.
+    fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Request heads read so far whose target is exactly `path`.
+    fn count_path(&self, path: &str) -> usize {
+        let line = format!(" {path} HTTP/1.1");
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.ends_with(&line))
+            .count()
+    }
+
+    /// Waits (bounded) until `n` heads were read.
+    async fn wait_count(&self, n: usize) {
+        let deadline = Instant::now() + LIMIT;
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} requests",
+                self.count()
+            );
+            sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a [`RawServer`] whose connections are served by `serve(stream, lines)`.
+async fn raw_server<F, Fut>(serve: F) -> RawServer
+where
+    F: Fn(TcpStream, Arc<Mutex<Vec<String>>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rec = lines.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            conns.spawn(serve(stream, rec.clone()));
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    RawServer { addr, lines, task }
+}
+
+/// Reads a request head off `stream` (bytes past it stay in `buf`), records
+/// its request line in `lines` and returns its Content-Length (0 without
+/// one); `None` at EOF.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    lines: &Mutex<Vec<String>>,
+) -> Option<usize> {
+    let end = loop {
+        if let Some(i) = raw::find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 16384];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let mut head_lines = head.split("\r\n");
+    lines
+        .lock()
+        .unwrap()
+        .push(head_lines.next().unwrap_or_default().to_owned());
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "expected a Content-Length body: {head}"
+    );
+    Some(
+        head_lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// Reads and discards `len` body bytes (those already in `buf` first); false
+/// at EOF.
+async fn drain_body(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> bool {
+    let from_buf = len.min(buf.len());
+    buf.drain(..from_buf);
+    let mut left = len - from_buf;
+    let mut chunk = [0u8; 65536];
+    while left > 0 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                let body = n.min(left);
+                left -= body;
+                buf.extend_from_slice(&chunk[body..n]);
+            }
+        }
+    }
+    true
+}
+
+/// An upstream that answers `503` (body and `x-upstream`: `a`) as soon as it
+/// has read a request head, before reading the body, and only then reads
+/// (and drops) the body; keep-alive.
+async fn fails_before_the_body() -> RawServer {
+    raw_server(|mut stream, lines| async move {
+        let mut buf = Vec::new();
+        while let Some(len) = read_head(&mut stream, &mut buf, &lines).await {
+            let answer =
+                b"HTTP/1.1 503 Service Unavailable\r\nx-upstream: a\r\ncontent-length: 1\r\n\r\na";
+            if stream.write_all(answer).await.is_err()
+                || !drain_body(&mut stream, &mut buf, len).await
+            {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// Fix: the retry takes the replayable body (which stops the failed attempt's
+/// body) before the backoff, not after it. Before, A's connection kept pulling
+/// the client's body during the backoff, past the replay buffer, and the retry
+/// found no body to send: `500` (`request body not replayable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_outgrowing_the_replay_buffer_during_the_backoff_is_never_a_500() {
+    const LEN: usize = 1 << 20;
+    const FIRST: usize = 10_000;
+    let a = fails_before_the_body().await;
+    let b = answering("b", 200).await;
+    // backoff 100ms: the pause is 50..100 ms, well after the client's 30 ms
+    // pause ends and the rest of its body (far beyond 64 KiB) is on its way.
+    let (gw, addr) = gateway(&config(
+        "workers: 1",
+        &format!(r#"{{ endpoints: ["{}", "{}"] }}"#, a.addr, b.addr),
+        &route(
+            "u",
+            "/u",
+            r#", retry: { on: ["503"], attempts: 2, non_idempotent: true, replay_buffer: 64KiB, backoff: 100ms }"#,
+        ),
+    ));
+    let mut retried = 0;
+    for i in 0..5 {
+        let path = format!("/u/put/{i}");
+        let sent = body(i, LEN);
+        // One socket, two handles: the body is written while the answer is
+        // read, as a client that streams its upload does.
+        let std = raw::connect(addr).await.into_std().unwrap();
+        let mut writer = TcpStream::from_std(std.try_clone().unwrap()).unwrap();
+        let mut reader = TcpStream::from_std(std).unwrap();
+        let upload = {
+            let (path, sent) = (path.clone(), sent.clone());
+            tokio::spawn(async move {
+                let head = format!(
+                    "PUT {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {LEN}\r\n\r\n"
+                );
+                timeout(LIMIT, async {
+                    writer.write_all(head.as_bytes()).await?;
+                    writer.write_all(&sent[..FIRST]).await?;
+                    sleep(Duration::from_millis(30)).await;
+                    writer.write_all(&sent[FIRST..]).await
+                })
+                .await
+            })
+        };
+        let r = raw::read_response(&mut reader, false)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", gw.stderr()));
+        let at_a = a.count_path(&path);
+        match r.status {
+            200 => {
+                assert_eq!(r.text(), "b", "{path}");
+                let got = bodies(&b, &path);
+                assert_eq!(got.len(), 1, "{path}");
+                assert!(
+                    got[0] == sent,
+                    "{path}: b got {} bytes, not the {LEN} sent",
+                    got[0].len()
+                );
+                retried += at_a;
+            }
+            503 => {
+                // A's own answer, as is: the retry was refused because the
+                // body could no longer be replayed.
+                assert_eq!(
+                    (r.header("x-upstream"), r.text().as_str()),
+                    (Some("a"), "a"),
+                    "{path}: not the upstream's 503: {:?}",
+                    r.headers
+                );
+                assert_eq!(at_a, 1, "{path}");
+                assert_eq!(b.count_path(&path), 0, "{path}");
+            }
+            _ => panic!(
+                "{path}: {} {:?} {}\n{}",
+                r.status,
+                r.headers,
+                r.text(),
+                gw.stderr()
+            ),
+        }
+        // The whole body was taken: the writer ends (bounded).
+        let _ = timeout(LIMIT, upload).await.expect("upload hangs");
+    }
+    // Round robin over two endpoints: A is first for at least two of five
+    // (in practice for all five, the retry's pick moving the turn on to A).
+    assert!(a.count() >= 2, "A tried {} times", a.count());
+    // A answers at once and the client pauses 30 ms: the answer comes well
+    // before the body outgrows the buffer, so the retry is made.
+    assert!(retried >= 1, "no retry from A to B carried the whole body");
+}
+
+/// Fix: the next endpoint is picked before the failed answer is let go.
+/// Before, the only endpoint, ejected by its own 503, left the retry nowhere
+/// to go and the client got the gateway's `503 no-endpoint` instead of the
+/// upstream's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_with_nowhere_to_go_returns_the_failed_answer() {
+    let a = answering("a", 503).await;
+    let (gw, addr) = gateway(&config(
+        "",
+        &format!(
+            r#"{{ endpoints: ["{}"], outlier_detection: {{ consecutive_5xx: 1, base_ejection_time: 10s }} }}"#,
+            a.addr
+        ),
+        &route("u", "/u", r#", retry: { attempts: 2, on: ["503"] }"#),
+    ));
+    let r = get_path(addr, "/u/first").await;
+    assert_upstream_503(&r, &["a"], &format!("first request\n{}", gw.stderr()));
+    assert_eq!(a.count(), 1);
+    // The scenario held: the 503 ejected the lone endpoint.
+    let r = get_path(addr, "/u/second").await;
+    assert_problem(&r, 503, "no-endpoint", "while ejected");
+    assert_eq!(a.count(), 1);
+}
+
+/// Fix: a request that times out waiting for a pool slot never reached the
+/// endpoint and is not a failure of it. Before, each such timeout counted as
+/// a 5xx toward `consecutive_5xx`, and a busy (healthy) endpoint was ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_slot_timeout_does_not_eject_the_endpoint() {
+    // Answers every request with its head at once (so `timeouts.request`,
+    // which ends at the response head, never expires for it), then holds the
+    // connection for BODY_AFTER before the end of the body: the connection
+    // goes back to the pool only then.
+    const BODY_AFTER: Duration = Duration::from_millis(600);
+    let up = raw_server(|mut stream, lines| async move {
+        let mut buf = Vec::new();
+        while let Some(len) = read_head(&mut stream, &mut buf, &lines).await {
+            if !drain_body(&mut stream, &mut buf, len).await
+                || stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndo")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            sleep(BODY_AFTER).await;
+            if stream.write_all(b"ne").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    // workers: 1, since the pool (and its max_connections) is per worker.
+    let (gw, addr) = gateway(&config(
+        "workers: 1",
+        &format!(
+            r#"{{ endpoints: ["{}"], pool: {{ max_connections: 1 }}, timeouts: {{ request: 300ms }}, outlier_detection: {{ consecutive_5xx: 2, consecutive_connect_failures: 0, base_ejection_time: 30s }} }}"#,
+            up.addr
+        ),
+        &route("u", "/u", ""),
+    ));
+    // Timeline, from t=0 when the first request's head reaches the endpoint:
+    // - t=0: /u/holder has the only connection; its response head is sent at
+    //   once, its body ends at t=600 ms.
+    // - t≈2..20 ms: three requests start waiting for the slot; each waits up
+    //   to `timeouts.request` and gets 504 at t≈300..330 ms, long before the
+    //   connection comes back (a margin of ~270 ms). Before the fix the
+    //   second of them ejected the endpoint for 30 s.
+    // - t=600 ms: the holder's body ends (200) and the connection is idle.
+    let holder = tokio::spawn(get_path(addr, "/u/holder"));
+    up.wait_count(1).await;
+    let started = Instant::now();
+    let mut waiters = JoinSet::new();
+    for i in 0..3 {
+        waiters.spawn(async move { get_path(addr, &format!("/u/waiter/{i}")).await });
+    }
+    while let Some(r) = timeout(LIMIT, waiters.join_next()).await.unwrap() {
+        let r = r.unwrap();
+        assert_problem(
+            &r,
+            504,
+            "upstream-timeout",
+            &format!("waiting for the slot\n{}", gw.stderr()),
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < BODY_AFTER - Duration::from_millis(100),
+        "the waiters took {waited:?}: the slot may have come back first"
+    );
+    let r = timeout(LIMIT, holder).await.unwrap().unwrap();
+    assert_eq!((r.status.as_u16(), r.text()), (200, "done".into()));
+    assert_eq!(up.count(), 1, "a waiter reached the endpoint");
+    // Not ejected: the next request reaches the endpoint.
+    let r = get_path(addr, "/u/after").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "done".into()),
+        "{}",
+        gw.stderr()
+    );
+    assert_eq!(up.count_path("/u/after"), 1);
+}
+
+/// The value of `portico_requests_total` for `labels` (as the text exposition
+/// writes them) in a scrape of `admin`, and the sum over `route`'s series.
+async fn requests_total(admin: SocketAddr, labels: &str, route: &str) -> (f64, f64) {
+    let r = get_path(admin, "/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let series = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("portico_requests_total{"))
+        .filter_map(|l| l.rsplit_once("} "))
+        .map(|(labels, v)| (labels.to_owned(), v.trim().parse::<f64>().unwrap()))
+        .collect::<Vec<_>>();
+    let one = series
+        .iter()
+        .find(|(l, _)| l == labels)
+        .map_or(0.0, |(_, v)| *v);
+    let of_route = format!("route=\"{route}\",");
+    let all = series
+        .iter()
+        .filter(|(l, _)| l.starts_with(&of_route))
+        .map(|(_, v)| v)
+        .sum();
+    (one, all)
+}
+
+/// Fix: a request's metrics entry is made when it starts and counted when
+/// dropped, so a request whose client gave up before the response head is
+/// counted (status 499, class `4xx`). Before, it was never counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_requests_the_client_abandoned() {
+    let up = raw::upstream(Action::Stall).await;
+    let (mut gw, addr) = gateway(&config(
+        r#"admin: { address: "127.0.0.1:0" }"#,
+        &format!(r#"{{ endpoints: ["{}"] }}"#, up.addr),
+        &route("hang", "/hang", ""),
+    ));
+    let admin = gw.addr("admin");
+    let labels = r#"route="hang",method="GET",status_class="4xx""#;
+    assert_eq!(requests_total(admin, labels, "hang").await, (0.0, 0.0));
+    let mut clients = JoinSet::new();
+    for i in 0..2 {
+        clients.spawn(async move {
+            let mut s = raw::connect(addr).await;
+            let req = format!("GET /hang/{i} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            // The client gives up after 300 ms and closes the connection.
+            let r = timeout(
+                Duration::from_millis(300),
+                raw::read_response(&mut s, false),
+            )
+            .await;
+            assert!(r.is_err(), "answered: {r:?}");
+        });
+    }
+    while let Some(done) = timeout(LIMIT, clients.join_next()).await.unwrap() {
+        done.unwrap();
+    }
+    assert_eq!(up.requests(), 2, "both requests reached the upstream");
+    // The gateway sees the close and drops the request: counted at once;
+    // allow 200 ms, then poll a little longer to tell "late" from "never".
+    sleep(Duration::from_millis(200)).await;
+    let at_200ms = requests_total(admin, labels, "hang").await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut now = at_200ms;
+    while now.0 < 2.0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(50)).await;
+        now = requests_total(admin, labels, "hang").await;
+    }
+    assert_eq!(
+        now,
+        (2.0, 2.0),
+        "portico_requests_total{{{labels}}} and the route's sum (200 ms after: {at_200ms:?})"
+    );
+    assert_eq!(at_200ms, (2.0, 2.0), "counted only after more than 200 ms");
 }
