@@ -47,6 +47,66 @@ pub struct Config {
     /// W3C trace context propagation and span export.
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// How request paths are normalised before routing.
+    #[serde(default)]
+    pub normalize_path: NormalizePathConfig,
+    /// Upstream response headers removed before the client sees them.
+    #[serde(default = "default_hidden_headers")]
+    pub hide_response_headers: Vec<String>,
+}
+
+fn default_hidden_headers() -> Vec<String> {
+    vec!["server".into(), "x-powered-by".into()]
+}
+
+/// Path normalisation, done once before routing: routing, filters and the
+/// upstream all see the same path.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizePathConfig {
+    /// Merge runs of `/` into one.
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// What to do with `%2F` / `%2f` in the path.
+    #[serde(default)]
+    pub encoded_slash: EncodedSlash,
+    /// What to do with `\` (and `%5C`) in the path.
+    #[serde(default)]
+    pub backslash: Backslash,
+}
+
+impl Default for NormalizePathConfig {
+    fn default() -> Self {
+        Self {
+            merge_slashes: true,
+            encoded_slash: EncodedSlash::default(),
+            backslash: Backslash::default(),
+        }
+    }
+}
+
+/// Handling of a percent-encoded slash in a path.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlash {
+    /// 400.
+    #[default]
+    Reject,
+    /// Decoded to `/` (then normalised like any other).
+    Decode,
+    /// Kept encoded, as data inside a segment.
+    Keep,
+}
+
+/// Handling of a backslash in a path.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Backslash {
+    /// 400.
+    #[default]
+    Reject,
+    /// Treated as `/`.
+    Slash,
 }
 
 /// The admin API: health, readiness, config, reload, upstream state, metrics.
@@ -214,6 +274,18 @@ pub struct LimitsConfig {
     /// stops reading); the connection is closed beyond.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
+    /// A keep-alive connection idle this long between requests is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Longest silence while reading a request body from a client (408 or cut).
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Dur,
+    /// Largest request body accepted (0: no limit); `routes[].max_body_size` overrides it.
+    #[serde(default)]
+    pub max_body_size: Size,
+    /// Concurrent streams per HTTP/2 connection.
+    #[serde(default = "default_h2_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for LimitsConfig {
@@ -224,6 +296,10 @@ impl Default for LimitsConfig {
             max_headers: default_max_headers(),
             header_read_timeout: default_header_timeout(),
             send_timeout: default_send_timeout(),
+            idle_timeout: default_idle_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_body_size: Size(0),
+            max_concurrent_streams: default_h2_streams(),
         }
     }
 }
@@ -240,11 +316,20 @@ fn default_max_headers() -> usize {
 fn default_send_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(60))
 }
+fn default_idle_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+fn default_body_read_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+fn default_h2_streams() -> u32 {
+    100
+}
 fn default_header_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(10))
 }
 
-/// One listening socket serving HTTP/1.1 and h2c.
+/// One listening socket serving HTTP/1.1 and HTTP/2 (h2c, or over TLS).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
@@ -252,6 +337,141 @@ pub struct ListenerConfig {
     pub name: Spanned<String>,
     /// `ip:port` to bind.
     pub address: Spanned<String>,
+    /// TLS termination; plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTls>>,
+    /// Answer every request with a redirect to HTTPS (for a plain listener).
+    #[serde(default)]
+    pub redirect_https: Option<RedirectHttps>,
+    /// Client connections open at once on this listener (0: no cap); beyond,
+    /// new connections are closed at once.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Client connections open at once from one client IP (0: no cap).
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chains and keys, chosen by SNI against their own SAN entries.
+    pub certificates: Vec<CertificateConfig>,
+    /// A handshake whose SNI names no certificate (or that has no SNI): served
+    /// with the first certificate (`default`) or refused (`refuse`).
+    #[serde(default)]
+    pub unknown_sni: UnknownSni,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Refuse with 421 a request whose Host differs from the SNI name of its
+    /// connection (domain fronting).
+    #[serde(default = "yes")]
+    pub sni_host_binding: bool,
+    /// Client certificates (mTLS).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+    /// `Strict-Transport-Security` added to responses.
+    #[serde(default)]
+    pub hsts: Option<HstsConfig>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file with the certificate first, then its chain.
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+}
+
+/// What a handshake gets when no certificate matches its SNI.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSni {
+    /// The first certificate of the list.
+    #[default]
+    Default,
+    /// The handshake fails (`unrecognized_name` alert).
+    Refuse,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Client certificate authentication on a TLS listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// `required`: no certificate, no handshake; `optional`: verified when sent.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: String,
+    /// Send the verified subject and SANs upstream (and to routing) in
+    /// `x-client-cert-subject` and `x-client-cert-san`.
+    #[serde(default = "yes")]
+    pub forward_headers: bool,
+}
+
+/// Whether a client certificate is needed.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// Every client must present a valid certificate.
+    #[default]
+    Required,
+    /// A certificate is verified when presented; clients without one pass.
+    Optional,
+}
+
+/// HTTP Strict Transport Security (RFC 6797).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    /// `max-age`.
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age: Dur,
+    /// `includeSubDomains`.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// `preload`.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_hsts_max_age() -> Dur {
+    Dur(std::time::Duration::from_secs(365 * 86_400))
+}
+
+/// Redirect plain-HTTP requests to HTTPS.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectHttps {
+    /// HTTPS port in the Location (default 443, left out of the URL).
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+    /// 301, 302, 307 or 308.
+    #[serde(default = "default_https_redirect_status")]
+    pub status: u16,
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+fn default_https_redirect_status() -> u16 {
+    308
 }
 
 /// A named group of endpoints.
@@ -297,6 +517,27 @@ pub struct UpstreamConfig {
     /// When no endpoint is available, use them all instead of answering 503.
     #[serde(default)]
     pub panic_mode: bool,
+    /// TLS to the endpoints; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards an upstream's endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of CAs to trust instead of the system's roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Name sent in SNI and verified in the certificate (default: the endpoint's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Client certificate for upstream mTLS.
+    #[serde(default)]
+    pub client_cert: Option<CertificateConfig>,
+    /// Accept any certificate. For tests only: the connection is not authenticated.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// Active health checking of every endpoint.
@@ -656,6 +897,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge (cleartext).
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`); needs `tls`.
+    H2,
 }
 
 /// How the upstream `Host` header is set.
@@ -768,6 +1011,9 @@ pub struct RouteConfig {
     /// Retries of failed upstream attempts; none when absent.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    /// Largest request body accepted on this route (413 beyond); overrides `limits.max_body_size`.
+    #[serde(default)]
+    pub max_body_size: Option<Size>,
 }
 
 /// When and how a failed upstream attempt is tried again.

@@ -311,7 +311,7 @@ async fn exchange(
                 addr,
             })
         }
-        UpstreamProtocol::H2c => {
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             let (mut tx, addr) = {
                 let mut slot = pool.h2.lock().await;
                 match slot.as_ref() {
