@@ -488,7 +488,7 @@ mod tests {
             e.to_string(),
             "t.yaml:7:5: unknown field `balanse`, expected one of endpoints, balance, protocol, \
              host, timeouts, pool, resolve_interval, health_check, outlier_detection, \
-             circuit_breaker, retry_budget, slow_start, panic_mode"
+             circuit_breaker, retry_budget, slow_start, panic_mode, tls"
         );
     }
 
