@@ -12,7 +12,7 @@ REPO=$(cd "$HERE/.." && pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
-SCENARIOS=${SCENARIOS:-small50,small1,small500,64k,1m,close,h2}
+SCENARIOS=${SCENARIOS:-small50,small1,small500,64k,1m,close,h2,tls,tlsnew,h2tls}
 PROXIES=${PROXIES:-direct,nginx,haproxy,portico}
 ACCESS_LOG=${ACCESS_LOG:-off}          # off | json (the side run)
 PROXY_CORE=${PROXY_CORE:-0}
@@ -26,6 +26,10 @@ NGINX_PORT=${NGINX_PORT:-19080}
 HAPROXY_PORT=${HAPROXY_PORT:-19081}
 PORTICO_PORT=${PORTICO_PORT:-19082}
 PORTICO_FULL_PORT=${PORTICO_FULL_PORT:-19083}
+NGINX_TLS_PORT=${NGINX_TLS_PORT:-19095}
+HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-19096}
+PORTICO_TLS_PORT=${PORTICO_TLS_PORT:-19097}
+PORTICO_FULL_TLS_PORT=${PORTICO_FULL_TLS_PORT:-19098}
 PORTICO_ADMIN_PORT=${PORTICO_ADMIN_PORT:-19084}
 NGINX_H2_PORT=${NGINX_H2_PORT:-19090}
 HAPROXY_H2_PORT=${HAPROXY_H2_PORT:-19091}
@@ -37,7 +41,7 @@ RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
 KEEP_TMP=${KEEP_TMP:-0}
 RESTART=${RESTART:-run}                # run: restart the measured server before each run; never: keep it
 
-ALL_SCENARIOS="small50 small1 small500 64k 1m close h2"
+ALL_SCENARIOS="small50 small1 small500 64k 1m close h2 tls tlsnew h2tls"
 ALL_PROXIES="direct nginx haproxy portico portico-full"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -63,9 +67,11 @@ want() { [[ ",$PROXIES," == *",$1,"* ]]; }
 want_scen() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 
 # Scenario table: tool path connections extra-header description
-scen_tool() { [[ $1 == h2 ]] && echo h2load || echo wrk; }
+scen_tool() { [[ $1 == h2 || $1 == h2tls ]] && echo h2load || echo wrk; }
+is_tls() { [[ $1 == tls || $1 == tlsnew || $1 == h2tls ]]; }
+is_h2() { [[ $1 == h2 || $1 == h2tls ]]; }
 scen_path() { case $1 in 64k) echo /64k ;; 1m) echo /1m ;; *) echo /small ;; esac; }
-scen_conns() { case $1 in small1) echo 1 ;; small500) echo 500 ;; h2) echo "$H2_CONNS" ;; *) echo 50 ;; esac; }
+scen_conns() { case $1 in small1) echo 1 ;; small500) echo 500 ;; h2 | h2tls) echo "$H2_CONNS" ;; *) echo 50 ;; esac; }
 scen_body() { case $1 in 64k) echo 65536 ;; 1m) echo 1048576 ;; *) echo 13 ;; esac; }
 scen_desc() {
     case $1 in
@@ -76,13 +82,17 @@ scen_desc() {
     1m) echo "1 MiB GET, 50 keep-alive connections" ;;
     close) echo "new connection per request (Connection: close), 50 connections" ;;
     h2) echo "HTTP/2 cleartext (h2c prior knowledge), $H2_CONNS connections x $H2_STREAMS streams" ;;
+    tls) echo "HTTPS small GET, 50 keep-alive connections (TLS 1.3, ECDSA P-256)" ;;
+    tlsnew) echo "HTTPS, a full TLS handshake per request (Connection: close), 50 connections" ;;
+    h2tls) echo "HTTP/2 over TLS (ALPN h2), $H2_CONNS connections x $H2_STREAMS streams" ;;
     esac
 }
 scen_cmd() { # human-readable load command
     local s=$1
     case $s in
-    h2) echo "h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION" ;;
-    close) echo "wrk -t$WRK_THREADS -c50 -d${DURATION}s --latency -H 'Connection: close'" ;;
+    h2 | h2tls) echo "h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION$([[ $s == h2tls ]] && echo ' https://...')" ;;
+    close | tlsnew) echo "wrk -t$WRK_THREADS -c50 -d${DURATION}s --latency -H 'Connection: close'$([[ $s == tlsnew ]] && echo ' https://...')" ;;
+    tls) echo "wrk -t$WRK_THREADS -c50 -d${DURATION}s --latency https://..." ;;
     *) echo "wrk -t$WRK_THREADS -c$(scen_conns "$s") -d${DURATION}s --latency" ;;
     esac
 }
@@ -96,6 +106,7 @@ need_root_install() {
     command -v h2load >/dev/null || missing+=(h2load)
     command -v gcc >/dev/null || missing+=(gcc)
     command -v curl >/dev/null || missing+=(curl)
+    command -v openssl >/dev/null || missing+=(openssl)
     command -v taskset >/dev/null || missing+=(taskset)
     command -v pgrep >/dev/null || missing+=(pgrep)
     ((${#missing[@]} == 0)) && return 0
@@ -221,6 +232,17 @@ http {
             proxy_set_header Connection "";
         }
     }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+        ssl_certificate $T/tls/cert.pem;
+        ssl_certificate_key $T/tls/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
 }
 EOF
 }
@@ -252,6 +274,7 @@ $dlog
 frontend bench
     bind 127.0.0.1:$HAPROXY_PORT
     bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
+    bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $T/tls/combined.pem alpn h2,http/1.1
     default_backend origin
 
 backend origin
@@ -264,11 +287,12 @@ EOF
 # outlier detection, a retry policy, the admin API (metrics are always
 # counted) and trace context propagation.
 write_portico_conf() { # name
-    local name=$1 d=$T/$1 al="{ enabled: false }" port=$PORTICO_PORT extra="" retry=""
+    local name=$1 d=$T/$1 al="{ enabled: false }" port=$PORTICO_PORT tls_port=$PORTICO_TLS_PORT extra="" retry=""
     mkdir -p "$d"
     [[ $ACCESS_LOG == json ]] && al="{ enabled: true, target: \"$d/access.log\" }"
     if [[ $name == portico-full ]]; then
         port=$PORTICO_FULL_PORT
+        tls_port=$PORTICO_FULL_TLS_PORT
         al="{ enabled: true, target: \"$d/access.log\" }"
         extra="    health_check: { type: http, path: /small, interval: 1s }
     outlier_detection: { consecutive_5xx: 5 }"
@@ -279,6 +303,9 @@ workers: 1
 access_log: $al
 listeners:
   - { name: bench, address: "127.0.0.1:$port" }
+  - name: bench-tls
+    address: "127.0.0.1:$tls_port"
+    tls: { certificates: [{ cert: "$T/tls/cert.pem", key: "$T/tls/key.pem" }] }
 upstreams:
   origin:
     endpoints: ["127.0.0.1:$ORIGIN_PORT"]
@@ -297,6 +324,7 @@ EOF
 
 # ------------------------------------------------------------ start/stop --
 h1_port() { case $1 in direct) echo "$ORIGIN_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; esac; }
+tls_port() { case $1 in nginx) echo "$NGINX_TLS_PORT" ;; haproxy) echo "$HAPROXY_TLS_PORT" ;; portico) echo "$PORTICO_TLS_PORT" ;; portico-full) echo "$PORTICO_FULL_TLS_PORT" ;; *) echo "" ;; esac; }
 h2_port() { case $1 in nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAPROXY_H2_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; *) echo "" ;; esac; }
 proc_of() { [[ $1 == direct ]] && echo origin || echo "$1"; } # whose CPU/RSS a row reports
 
@@ -363,6 +391,11 @@ sanity_check() { # peer -> sets OK_H1[peer], OK_H2[peer]
     [[ $got == 200 ]] || { log "SANITY FAIL: $p GET /small with Connection: close -> '$got'"; ok=0; }
     OK_H1[$p]=$ok
     OK_H2[$p]=0
+    OK_TLS[$p]=0
+    if [[ $p != direct ]] && { want_scen tls || want_scen tlsnew || want_scen h2tls; }; then
+        got=$(curl -s -m 10 --cacert "$T/tls/cert.pem" -o /dev/null -w '%{http_code} %{size_download}' "https://localhost:$(tls_port "$p")/small" || true)
+        if [[ $got == "200 13" ]]; then OK_TLS[$p]=1; else log "SANITY FAIL: $p https GET /small -> '$got'"; fi
+    fi
     if [[ $p != direct ]] && want_scen h2; then
         local out
         out=$(timeout 20 h2load -n 40 -c 2 -m 4 "http://127.0.0.1:$(h2_port "$p")/small" 2>&1 || true)
@@ -415,7 +448,8 @@ run_tool() { # outfile secs cmd...
 load_run() { # scenario port seconds outfile
     local s=$1 port=$2 secs=$3 out=$4 url
     url="http://127.0.0.1:$port$(scen_path "$s")"
-    if [[ $s == h2 ]]; then
+    is_tls "$s" && url="https://localhost:$port$(scen_path "$s")"
+    if is_h2 "$s"; then
         rm -f "$out.lat"
         run_tool "$out" "$secs" h2load -t1 -c "$H2_CONNS" -m "$H2_STREAMS" -D "$secs" \
             --log-file="$out.lat" "$url" || return 1
@@ -438,7 +472,7 @@ load_run() { # scenario port seconds outfile
             }' "$out"
     else
         local hdr=()
-        [[ $s == close ]] && hdr=(-H 'Connection: close')
+        [[ $s == close || $s == tlsnew ]] && hdr=(-H 'Connection: close')
         run_tool "$out" "$secs" wrk -t "$WRK_THREADS" -c "$(scen_conns "$s")" -d "${secs}s" \
             --latency "${hdr[@]}" "$url" || return 1
         awk '
@@ -470,7 +504,13 @@ run_one() { # round scenario peer
     local r=$1 s=$2 p=$3 port pid res
     local who
     who=$(proc_of "$p")
-    if [[ $s == h2 ]]; then port=$(h2_port "$p"); else port=$(h1_port "$p"); fi
+    if is_tls "$s"; then
+        port=$(tls_port "$p")
+    elif [[ $s == h2 ]]; then
+        port=$(h2_port "$p")
+    else
+        port=$(h1_port "$p")
+    fi
     if [[ $RESTART == run ]]; then # a fresh process per run: peak RSS is this run's own
         stop_server "$who"
         if ! start_server "$who"; then
@@ -534,6 +574,8 @@ report() {
     awk -F'\t' -v scens="$scen_list" -v peers="$peer_list" \
         -v d_small50="$(scen_desc small50)" -v d_small1="$(scen_desc small1)" -v d_small500="$(scen_desc small500)" \
         -v d_64k="$(scen_desc 64k)" -v d_1m="$(scen_desc 1m)" -v d_close="$(scen_desc close)" -v d_h2="$(scen_desc h2)" \
+        -v d_tls="$(scen_desc tls)" -v d_tlsnew="$(scen_desc tlsnew)" -v d_h2tls="$(scen_desc h2tls)" \
+        -v c_tls="$(scen_cmd tls)" -v c_tlsnew="$(scen_cmd tlsnew)" -v c_h2tls="$(scen_cmd h2tls)" \
         -v c_small50="$(scen_cmd small50)" -v c_small1="$(scen_cmd small1)" -v c_small500="$(scen_cmd small500)" \
         -v c_64k="$(scen_cmd 64k)" -v c_1m="$(scen_cmd 1m)" -v c_close="$(scen_cmd close)" -v c_h2="$(scen_cmd h2)" '
     function sortn(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t } }
@@ -552,9 +594,9 @@ report() {
     }
     END {
         desc["small50"] = d_small50; desc["small1"] = d_small1; desc["small500"] = d_small500
-        desc["64k"] = d_64k; desc["1m"] = d_1m; desc["close"] = d_close; desc["h2"] = d_h2
+        desc["64k"] = d_64k; desc["1m"] = d_1m; desc["close"] = d_close; desc["h2"] = d_h2; desc["tls"] = d_tls; desc["tlsnew"] = d_tlsnew; desc["h2tls"] = d_h2tls
         cmd["small50"] = c_small50; cmd["small1"] = c_small1; cmd["small500"] = c_small500
-        cmd["64k"] = c_64k; cmd["1m"] = c_1m; cmd["close"] = c_close; cmd["h2"] = c_h2
+        cmd["64k"] = c_64k; cmd["1m"] = c_1m; cmd["close"] = c_close; cmd["h2"] = c_h2; cmd["tls"] = c_tls; cmd["tlsnew"] = c_tlsnew; cmd["h2tls"] = c_h2tls
         body["64k"] = 65536; body["1m"] = 1048576
         ns = split(scens, S, " "); np = split(peers, P, " ")
         for (si = 1; si <= ns; si++) {
@@ -568,7 +610,7 @@ report() {
             tp = ""
             for (pi = 1; pi <= np; pi++) {
                 p = P[pi]; key = s SUBSEP p
-                if (s == "h2" && p == "direct") continue
+                if ((s == "h2" || s == "tls" || s == "tlsnew" || s == "h2tls") && p == "direct") continue
                 n = cnt[key] + 0
                 if (n == 0) {
                     printf "| %s | – (%s) | | | | | | |\n", p, (key in why) ? why[key] : "not run"
@@ -596,6 +638,12 @@ report() {
 # -------------------------------------------------------------------- main --
 log "temp dir: $T"
 gcc -O2 -Wall -o "$T/origin" "$HERE/origin.c"
+# One ECDSA P-256 certificate for localhost, shared by every TLS peer.
+mkdir -p "$T/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$T/tls/key.pem" -out "$T/tls/cert.pem" 2>/dev/null || die "openssl cannot make the test certificate"
+cat "$T/tls/cert.pem" "$T/tls/key.pem" >"$T/tls/combined.pem"
 
 if want portico || want portico-full; then
     if [[ $BUILD == 1 ]]; then
@@ -606,21 +654,21 @@ if want portico || want portico-full; then
 fi
 
 ports=("$ORIGIN_PORT")
-want nginx && ports+=("$NGINX_PORT" "$NGINX_H2_PORT")
-want haproxy && ports+=("$HAPROXY_PORT" "$HAPROXY_H2_PORT")
-want portico && ports+=("$PORTICO_PORT")
-want portico-full && ports+=("$PORTICO_FULL_PORT" "$PORTICO_ADMIN_PORT")
+want nginx && ports+=("$NGINX_PORT" "$NGINX_H2_PORT" "$NGINX_TLS_PORT")
+want haproxy && ports+=("$HAPROXY_PORT" "$HAPROXY_H2_PORT" "$HAPROXY_TLS_PORT")
+want portico && ports+=("$PORTICO_PORT" "$PORTICO_TLS_PORT")
+want portico-full && ports+=("$PORTICO_FULL_PORT" "$PORTICO_ADMIN_PORT" "$PORTICO_FULL_TLS_PORT")
 for port in "${ports[@]}"; do
     port_in_use "$port" && die "port $port is already in use on 127.0.0.1 (set *_PORT env vars)"
 done
 
 start_server origin || die "origin failed to start"
-declare -A OK_H1=() OK_H2=()
+declare -A OK_H1=() OK_H2=() OK_TLS=()
 for p in "${PEERS[@]}"; do
     if [[ $p != direct ]]; then
         if ! start_server "$p"; then
             log "$p failed to start; it is left out"
-            OK_H1[$p]=0; OK_H2[$p]=0
+            OK_H1[$p]=0; OK_H2[$p]=0; OK_TLS[$p]=0
             continue
         fi
     fi
@@ -638,7 +686,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for s in "${SCENS[@]}"; do
         for ((i = 0; i < np; i++)); do
             p=${PEERS[$(((i + r - 1) % np))]}
-            if [[ $s == h2 ]]; then
+            if is_tls "$s"; then
+                [[ $p == direct ]] && continue
+                if [[ ${OK_TLS[$p]:-0} != 1 ]]; then printf '%s\t%s\t%s\t\t\t\t\t\t\t\tsanity-failed\n' "$r" "$s" "$p" >>"$RAW"; continue; fi
+            elif [[ $s == h2 ]]; then
                 [[ $p == direct ]] && continue
                 if [[ ${OK_H2[$p]:-0} != 1 ]]; then printf '%s\t%s\t%s\t\t\t\t\t\t\t\tsanity-failed\n' "$r" "$s" "$p" >>"$RAW"; continue; fi
             elif [[ ${OK_H1[$p]:-0} != 1 ]]; then
