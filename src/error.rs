@@ -48,8 +48,14 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The upstream closed or reset the exchange, or spoke invalid HTTP.
     UpstreamFailed,
-    /// The client went away or its body stalled.
+    /// The client went away or its body was malformed.
     ClientFailed,
+    /// The client's request body stalled longer than `limits.body_read_timeout`.
+    RequestTimeout,
+    /// The request body is larger than the route allows.
+    PayloadTooLarge,
+    /// The request's host is not the SNI name its TLS connection was made for.
+    Misdirected,
     /// A circuit-breaker cap of the upstream is reached.
     Overloaded,
     /// An internal failure.
@@ -64,6 +70,9 @@ impl ErrorKind {
             Self::BadRequest | Self::ClientFailed => StatusCode::BAD_REQUEST,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::NoEndpoint | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -78,7 +87,10 @@ impl ErrorKind {
             | Self::BadRequest
             | Self::UriTooLong
             | Self::HeadersTooLarge
-            | Self::ClientFailed => Side::Client,
+            | Self::ClientFailed
+            | Self::RequestTimeout
+            | Self::PayloadTooLarge
+            | Self::Misdirected => Side::Client,
             Self::ConnectFailed
             | Self::ConnectTimeout
             | Self::UpstreamTimeout
@@ -100,6 +112,9 @@ impl ErrorKind {
             Self::UpstreamTimeout => "upstream-timeout",
             Self::UpstreamFailed => "upstream-failed",
             Self::ClientFailed => "client-failed",
+            Self::RequestTimeout => "request-timeout",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::Misdirected => "misdirected-request",
             Self::Overloaded => "upstream-overloaded",
             Self::Internal => "internal",
         }
@@ -118,6 +133,9 @@ impl ErrorKind {
             Self::UpstreamTimeout => "Upstream timed out",
             Self::UpstreamFailed => "Upstream failed",
             Self::ClientFailed => "Client request failed",
+            Self::RequestTimeout => "Request body timed out",
+            Self::PayloadTooLarge => "Request body too large",
+            Self::Misdirected => "Misdirected request",
             Self::Overloaded => "Upstream at capacity",
             Self::Internal => "Internal gateway error",
         }

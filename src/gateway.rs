@@ -55,6 +55,8 @@ pub struct Route {
     pub action: Action,
     /// Its request counters and duration histogram.
     pub metrics: Arc<RouteMetrics>,
+    /// Its own request body limit, over `limits.max_body_size` (0: none).
+    pub max_body_size: Option<u64>,
 }
 
 /// A listener as the snapshot sees it.
@@ -63,6 +65,10 @@ pub struct Listener {
     pub name: Arc<str>,
     /// Its bind address.
     pub address: SocketAddr,
+    /// TLS termination, when configured.
+    pub tls: Option<Arc<crate::tls::TlsListener>>,
+    /// Redirect every request to HTTPS, when configured (plain listeners).
+    pub redirect_https: Option<crate::config::RedirectHttps>,
     router: Router,
 }
 
@@ -90,6 +96,9 @@ pub struct Gateway {
     pub trusted_proxies: TrustedProxies,
     /// Write `Forwarded` too.
     pub forwarded_header: bool,
+    /// Upstream response headers removed before the client sees them
+    /// (`hide_response_headers`).
+    pub hidden_response_headers: Box<[HeaderName]>,
     /// The metric families. One set per process: each snapshot takes it from
     /// the one it replaces, so series outlive reloads without global state
     /// (and `portico check` or a test compiles with a set of its own).
@@ -153,6 +162,12 @@ fn build(
             Some(old) => old.clone(),
             None => Arc::new(Upstream::new(name, &up.value, workers)),
         };
+        // Compiled again even for a kept upstream: its certificate files may
+        // have been renewed. A failure leaves the running snapshot as it is.
+        match crate::upstream::tls::TlsClient::compile(name, &up.value, file) {
+            Ok(tls) => compiled.set_tls(tls),
+            Err(msg) => errors.push(ConfigError::at(file, &up.referenced, msg)),
+        }
         upstreams.insert(name.clone(), compiled);
     }
 
@@ -192,6 +207,8 @@ fn build(
             Ok(address) => listeners.push(Listener {
                 name: l.name.value.as_str().into(),
                 address,
+                tls: compile_tls(l, file, &mut errors),
+                redirect_https: l.redirect_https.clone(),
                 router,
             }),
             Err(_) => errors.push(ConfigError::at(
@@ -231,6 +248,12 @@ fn build(
     };
     let request_id_header = HeaderName::from_bytes(cfg.request_id.header.as_bytes())
         .unwrap_or_else(|_| HeaderName::from_static("x-request-id"));
+    // Names were validated; an invalid one cannot get here.
+    let hidden_response_headers = cfg
+        .hide_response_headers
+        .iter()
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
 
     let access_log = if !cfg.access_log.enabled {
         None
@@ -303,9 +326,31 @@ fn build(
         trust_request_id: cfg.request_id.trust_incoming,
         trusted_proxies,
         forwarded_header: cfg.forwarding.forwarded_header,
+        hidden_response_headers,
         metrics,
         config: cfg,
     })
+}
+
+/// Loads a listener's certificates (relative paths against the config
+/// file's folder); a file that does not load is an error at `tls:`.
+fn compile_tls(
+    l: &crate::config::ListenerConfig,
+    file: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<crate::tls::TlsListener>> {
+    let tls = l.tls.as_ref()?;
+    match crate::tls::TlsListener::build(&tls.value, &crate::tls::config_dir(file)) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(msg) => {
+            errors.push(ConfigError::at(
+                file,
+                &tls.referenced,
+                format!("listener `{}`: {msg}", l.name.value),
+            ));
+            None
+        }
+    }
 }
 
 /// What `portico check` verifies of an access log target without opening it:
@@ -434,6 +479,7 @@ fn compile_route(
         filters: filters.into(),
         action,
         metrics: metrics.route(name),
+        max_body_size: r.max_body_size.map(|s| s.0),
     })
 }
 

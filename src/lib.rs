@@ -13,4 +13,5 @@ pub mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ErrorStyle, ProxyError};
@@ -26,6 +26,7 @@ use crate::observe::trace::SpanContext;
 use crate::observe::{Exchange, request_id};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::forward;
+use crate::routing::normalize::normalize_uri;
 use crate::routing::{Params, RouteRequest};
 use crate::server::h1_guard::{Flaw, Verdicts};
 
@@ -46,6 +47,10 @@ pub struct ConnInfo {
     pub verdicts: Arc<Verdicts>,
     /// The server's count of open connections (tunnels join it).
     pub active: Arc<AtomicUsize>,
+    /// TLS details (SNI name, client certificate, HSTS); `None` on plain listeners.
+    pub tls: Option<crate::tls::TlsConn>,
+    /// The listener redirects every request to HTTPS.
+    pub redirect_https: Option<crate::config::RedirectHttps>,
 }
 
 /// Per-request state passed to every step.
@@ -67,6 +72,8 @@ pub struct RequestCtx {
     /// The request's entry in the metrics (counted when dropped, also if the
     /// client abandons the request).
     pub recording: Recording,
+    /// The largest request body the route accepts (0: no limit).
+    pub max_body: u64,
 }
 
 /// Serves one request. Never fails: errors become problem responses here.
@@ -100,6 +107,7 @@ pub async fn handle(
         exchange,
         trace,
         recording: Recording::start(method, started),
+        max_body: 0,
     };
 
     let error_style = ErrorStyle::of(req.headers());
@@ -142,6 +150,7 @@ pub async fn handle(
     }
     resp.headers_mut()
         .insert(gw.request_id_header.clone(), request_id);
+    crate::tls::http::add_hsts(&mut resp, &ctx.conn);
     resp.body_mut().set_exchange(exchange);
     recording.answered(resp.status(), gw.metrics.unmatched());
     resp.body_mut().set_recording(recording);
@@ -154,10 +163,32 @@ async fn route_and_run(
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(gw, &req)?;
+    // Once, before anything reads the path: routing, every filter and the
+    // upstream must see the same one (the access log keeps it as received).
+    if let Some(uri) = normalize_uri(req.method(), req.uri(), &gw.config.normalize_path)
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest).context(e))?
+    {
+        *req.uri_mut() = uri;
+    }
+    // Redirect to HTTPS, SNI/Host binding (421), client-certificate headers:
+    // before routing, so that routes can match on those headers.
+    if (ctx.conn.tls.is_some() || ctx.conn.redirect_https.is_some())
+        && let Some(resp) = crate::tls::http::before_routing(&mut req, &ctx.conn)?
+    {
+        return Ok(resp);
+    }
     let route = find_route(gw, &req, ctx)?;
     ctx.recording.set_route(&route.metrics);
     if let Some(r) = ctx.exchange.record() {
         r.route = Some(route.name.clone());
+    }
+    ctx.max_body = route
+        .max_body_size
+        .unwrap_or(gw.config.limits.max_body_size.0);
+    // A declared length over the limit is refused before anything is read or
+    // sent upstream; a body without one is cut while it streams (`RequestBody`).
+    if ctx.max_body != 0 && req.body().size_hint().lower() > ctx.max_body {
+        return Err(ProxyError::new(ErrorKind::PayloadTooLarge));
     }
     for f in route.filters.iter() {
         if let Flow::Respond(resp) = f.on_request(&mut req, ctx) {
@@ -240,9 +271,8 @@ fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
 
 fn flawed(flaw: Flaw) -> ProxyError {
     match flaw {
-        Flaw::AmbiguousLength => ProxyError::new(ErrorKind::BadRequest)
-            .context("ambiguous length: Content-Length with Transfer-Encoding, or given twice"),
         Flaw::HeadTooLarge => ProxyError::new(ErrorKind::HeadersTooLarge),
+        _ => ProxyError::new(ErrorKind::BadRequest).context(flaw.reason()),
     }
 }
 

@@ -82,12 +82,16 @@ pub fn validate(cfg: &Config, file: &str) -> Vec<ConfigError> {
     };
     v.globals(cfg);
     v.listeners(cfg);
+    v.listener_tls(cfg);
     v.admin(cfg);
     for (name, up) in &cfg.upstreams {
         v.upstream(name, up);
     }
     v.routes(cfg);
     for message in tracing_problems(&cfg.tracing) {
+        v.nowhere(message);
+    }
+    for message in hidden_header_problems(&cfg.hide_response_headers) {
         v.nowhere(message);
     }
     let mut errors = v.errors;
@@ -216,6 +220,46 @@ impl Validator<'_> {
         }
     }
 
+    /// `tls` and `redirect_https` of each listener. Certificate, key and CA
+    /// files are loaded (and their errors reported) when the config compiles.
+    fn listener_tls(&mut self, cfg: &Config) {
+        for l in &cfg.listeners {
+            let name = l.name.value.as_str();
+            if let Some(tls) = &l.tls {
+                if tls.value.certificates.is_empty() {
+                    self.at(
+                        tls,
+                        format!(
+                            "listener `{name}`: `tls.certificates` is empty: give at least one \
+                             `cert` and `key`"
+                        ),
+                    );
+                }
+                if l.redirect_https.is_some() {
+                    self.at(
+                        tls,
+                        format!(
+                            "listener `{name}`: `redirect_https` is for plain listeners; \
+                             remove it or `tls`"
+                        ),
+                    );
+                }
+            }
+            if let Some(r) = &l.redirect_https
+                && !matches!(r.status, 301 | 302 | 307 | 308)
+            {
+                self.at(
+                    &l.name,
+                    format!(
+                        "listener `{name}`: `redirect_https.status` must be 301, 302, 307 or \
+                         308, got {}",
+                        r.status
+                    ),
+                );
+            }
+        }
+    }
+
     fn admin(&mut self, cfg: &Config) {
         let Some(admin) = &cfg.admin else {
             return;
@@ -331,6 +375,9 @@ impl Validator<'_> {
         }
         self.health_check(name, up);
         self.resilience(name, up);
+        for p in upstream_tls_problems(&up.value) {
+            self.at(up, format!("upstream `{name}`: {p}"));
+        }
     }
 
     /// Outlier detection, retry budget and slow start.
@@ -590,6 +637,27 @@ impl Validator<'_> {
     }
 }
 
+/// What is wrong with `hide_response_headers`: names that are not valid
+/// header names, and the framing fields, whose removal would change how the
+/// response is delimited rather than hide anything.
+fn hidden_header_problems(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter_map(|n| match http::HeaderName::from_bytes(n.as_bytes()) {
+            Err(_) => Some(format!(
+                "`hide_response_headers`: `{}` is not a valid header name",
+                n.escape_debug()
+            )),
+            Ok(h) if h == http::header::CONTENT_LENGTH || h == http::header::TRANSFER_ENCODING => {
+                Some(format!(
+                    "`hide_response_headers`: `{n}` frames the response and cannot be hidden"
+                ))
+            }
+            Ok(_) => None,
+        })
+        .collect()
+}
+
 /// What is wrong with `tracing`: the sample ratio, and span export, which
 /// needs the `otel` feature.
 fn tracing_problems(t: &super::schema::TracingConfig) -> Vec<String> {
@@ -627,6 +695,54 @@ fn tracing_problems(t: &super::schema::TracingConfig) -> Vec<String> {
 }
 
 /// `a, b, c` (sorted, deduplicated), or `(none)`.
+/// `protocol` against `tls`, and the `tls` keys that can be checked without
+/// reading files (the files are read when the config is compiled).
+fn upstream_tls_problems(u: &UpstreamConfig) -> Vec<String> {
+    use super::schema::UpstreamProtocol;
+    let mut problems = Vec::new();
+    match (u.protocol, &u.tls) {
+        (UpstreamProtocol::H2, None) => problems.push(
+            "`protocol: h2` is HTTP/2 over TLS and needs `tls` (use `h2c` for cleartext HTTP/2)"
+                .to_owned(),
+        ),
+        (UpstreamProtocol::H2c, Some(_)) => problems.push(
+            "`protocol: h2c` is cleartext HTTP/2 and cannot be used with `tls` \
+             (use `h2` for HTTP/2 over TLS)"
+                .to_owned(),
+        ),
+        _ => {}
+    }
+    let Some(tls) = &u.tls else {
+        return problems;
+    };
+    if let Some(n) = &tls.server_name
+        && rustls::pki_types::ServerName::try_from(n.as_str()).is_err()
+    {
+        problems.push(format!(
+            "`tls.server_name` `{n}` is not a DNS name or an IP address"
+        ));
+    }
+    if tls.insecure_skip_verify && tls.ca.is_some() {
+        problems.push(
+            "`tls.insecure_skip_verify` turns certificate verification off, so `tls.ca` \
+             would be ignored: remove one of them"
+                .to_owned(),
+        );
+    }
+    let mut files = Vec::new();
+    files.extend(tls.ca.as_deref().map(|f| ("tls.ca", f)));
+    if let Some(cc) = &tls.client_cert {
+        files.push(("tls.client_cert.cert", cc.cert.as_str()));
+        files.push(("tls.client_cert.key", cc.key.as_str()));
+    }
+    for (key, f) in files {
+        if f.trim().is_empty() {
+            problems.push(format!("`{key}` must be a file path, not empty"));
+        }
+    }
+    problems
+}
+
 fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let mut names: Vec<&str> = names.collect();
     names.sort_unstable();
@@ -741,6 +857,22 @@ routes:
     #[test]
     fn base_is_valid() {
         assert!(errors(BASE).is_empty(), "{:?}", errors(BASE));
+    }
+
+    #[test]
+    fn hidden_response_headers_must_be_names() {
+        let ok = format!("{BASE}hide_response_headers: [server, x-backend-id]\n");
+        assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
+        one(
+            &format!("{BASE}hide_response_headers: [\"bad name\"]\n"),
+            0,
+            "not a valid header name",
+        );
+        one(
+            &format!("{BASE}hide_response_headers: [Content-Length]\n"),
+            0,
+            "frames the response",
+        );
     }
 
     #[test]

@@ -259,6 +259,12 @@ struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerReasonLabels {
+    listener: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -304,6 +310,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabel, SharedHistogram>,
     connections: Family<ListenerLabel, Gauge>,
+    refused: Family<ListenerReasonLabels, Counter>,
+    aborted: Family<ListenerReasonLabels, Counter>,
     reloads: Family<ResultLabel, Counter>,
     /// The series of requests that matched no route.
     unmatched: Arc<RouteMetrics>,
@@ -329,6 +337,8 @@ impl Metrics {
             requests,
             request_duration,
             connections: Family::default(),
+            refused: Family::default(),
+            aborted: Family::default(),
             reloads,
             unmatched,
         }
@@ -349,6 +359,24 @@ impl Metrics {
     pub fn listener_connections(&self, listener: &str) -> Gauge {
         self.connections.get_or_create_owned(&ListenerLabel {
             listener: listener.to_owned(),
+        })
+    }
+
+    /// The counter of connections a listener closed at accept, for `reason`
+    /// (a connection cap).
+    pub fn listener_refused(&self, listener: &str, reason: &'static str) -> Counter {
+        self.refused.get_or_create_owned(&ListenerReasonLabels {
+            listener: listener.to_owned(),
+            reason,
+        })
+    }
+
+    /// The counter of connections a listener closed for a protocol violation
+    /// or abuse (an HTTP/2 GOAWAY reason such as `enhance_your_calm`).
+    pub fn listener_aborted(&self, listener: &str, reason: &'static str) -> Counter {
+        self.aborted.get_or_create_owned(&ListenerReasonLabels {
+            listener: listener.to_owned(),
+            reason,
         })
     }
 
@@ -375,6 +403,16 @@ impl Metrics {
             "listener_connections",
             "Client connections open now, by listener",
             self.connections.clone(),
+        );
+        registry.register(
+            "listener_connections_refused",
+            "Client connections closed at accept by a connection cap, by listener and reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "listener_connections_aborted",
+            "Client connections closed for a protocol violation or abuse, by listener and reason",
+            self.aborted.clone(),
         );
         registry.register(
             "config_reloads",

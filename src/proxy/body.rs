@@ -28,6 +28,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("body idle for longer than {0:?}")]
 pub struct IdleTimeout(pub Duration);
 
+/// A client's request body grew past its route's `max_body_size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// Adds `frame`'s data to `read`; true once `read` is over `max` (0: no limit).
+fn over_limit(read: &mut u64, max: u64, frame: &Frame<Bytes>) -> bool {
+    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+    *read = read.saturating_add(len);
+    max != 0 && *read > max
+}
+
 /// Fails a stream that sees no frame for `timeout`. Activity costs one
 /// `Instant::now()`; the timer itself is created only when the stream first
 /// waits, and re-armed only when it fires.
@@ -81,6 +93,9 @@ pub struct RequestBody {
     source: Source,
     counter: Option<Arc<AtomicU64>>,
     idle: IdleTimer,
+    /// Largest body allowed (0: no limit); a `Replay` source counts in its `Tee`.
+    max: u64,
+    read: u64,
 }
 
 enum Source {
@@ -98,8 +113,14 @@ enum Source {
 }
 
 impl RequestBody {
-    /// Wraps a client body; `counter` receives the bytes read.
-    pub fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>, idle: Duration) -> Self {
+    /// Wraps a client body; `counter` receives the bytes read; more than
+    /// `max` bytes (0: no limit) fails it with [`BodyTooLarge`].
+    pub fn new(
+        inner: Incoming,
+        counter: Option<Arc<AtomicU64>>,
+        idle: Duration,
+        max: u64,
+    ) -> Self {
         if inner.is_end_stream() {
             return Self::empty();
         }
@@ -107,6 +128,8 @@ impl RequestBody {
             source: Source::Direct(inner),
             counter,
             idle: IdleTimer::new(idle),
+            max,
+            read: 0,
         }
     }
 
@@ -116,6 +139,8 @@ impl RequestBody {
             source: Source::None,
             counter: None,
             idle: IdleTimer::new(Duration::ZERO),
+            max: 0,
+            read: 0,
         }
     }
 }
@@ -138,6 +163,11 @@ struct Tee {
     /// More than `cap` was read: nothing is kept any more.
     overflowed: bool,
     generation: u32,
+    /// Largest body allowed (0: no limit), and the bytes read from the client.
+    max: u64,
+    read: u64,
+    /// The body went over `max`: every attempt fails from now on.
+    too_large: bool,
 }
 
 enum Recorded {
@@ -156,8 +186,9 @@ impl Recorded {
 
 impl Replayable {
     /// Keeps up to `cap` bytes of `inner` for replay; `counter` receives the
-    /// bytes read from the client (once, however often they are sent).
-    pub fn new(inner: Incoming, cap: usize, counter: Option<Arc<AtomicU64>>) -> Self {
+    /// bytes read from the client (once, however often they are sent); more
+    /// than `max` bytes (0: no limit) fails it with [`BodyTooLarge`].
+    pub fn new(inner: Incoming, cap: usize, counter: Option<Arc<AtomicU64>>, max: u64) -> Self {
         let hint = inner.size_hint();
         let source = (!inner.is_end_stream()).then_some(inner);
         Self {
@@ -168,6 +199,9 @@ impl Replayable {
                 cap,
                 overflowed: false,
                 generation: 0,
+                max,
+                read: 0,
+                too_large: false,
             })),
             hint,
             counter,
@@ -191,6 +225,9 @@ impl Replayable {
             },
             counter: self.counter.clone(),
             idle: IdleTimer::new(idle),
+            // Counted in the tee, once for all attempts.
+            max: 0,
+            read: 0,
         })
     }
 }
@@ -217,8 +254,14 @@ impl Body for RequestBody {
             Source::None => return Poll::Ready(None),
             Source::Direct(inner) => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(None) = polled {
-                    this.source = Source::None;
+                match &polled {
+                    Poll::Ready(None) => this.source = Source::None,
+                    Poll::Ready(Some(Ok(f))) if over_limit(&mut this.read, this.max, f) => {
+                        // Dropping the client's body stops reading it.
+                        this.source = Source::None;
+                        return Poll::Ready(Some(Err(BodyTooLarge(this.max).into())));
+                    }
+                    _ => {}
                 }
                 polled
             }
@@ -232,6 +275,9 @@ impl Body for RequestBody {
                 if tee.generation != *generation {
                     return Poll::Ready(Some(Err(Superseded.into())));
                 }
+                if tee.too_large {
+                    return Poll::Ready(Some(Err(BodyTooLarge(tee.max).into())));
+                }
                 if let Some(r) = tee.recorded.get(*pos) {
                     *pos += 1;
                     this.idle.touch();
@@ -241,6 +287,15 @@ impl Body for RequestBody {
                     return Poll::Ready(None);
                 };
                 let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &polled {
+                    let max = tee.max;
+                    if over_limit(&mut tee.read, max, f) {
+                        tee.too_large = true;
+                        tee.source = None;
+                        tee.recorded = Vec::new();
+                        return Poll::Ready(Some(Err(BodyTooLarge(max).into())));
+                    }
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) if !tee.overflowed => {
                         let len = frame.data_ref().map_or(0, Bytes::len);

@@ -32,7 +32,10 @@ pub async fn forward(
     let key = hash_key(upstream.hash_key(), &req, ctx);
     let upgrading = wants_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-    let h2 = upstream.config.protocol == UpstreamProtocol::H2c;
+    let h2 = matches!(
+        upstream.config.protocol,
+        UpstreamProtocol::H2c | UpstreamProtocol::H2
+    );
     let limit = match retry {
         Some(p) if !p.per_try_timeout.is_zero() => {
             p.per_try_timeout.min(upstream.config.timeouts.request.0)
@@ -90,13 +93,15 @@ pub async fn forward(
     } else {
         ctx.exchange.bytes_in_counter()
     };
-    let idle = upstream.config.timeouts.idle.0;
+    // A stall in the client's body is the client's: its own timeout applies.
+    let idle = gw.config.limits.body_read_timeout.0;
+    let max_body = ctx.max_body;
     let mut body = match retry {
         Some(p) if !body.is_end_stream() => {
-            Outgoing::Replay(Replayable::new(body, p.replay_buffer, counter))
+            Outgoing::Replay(Replayable::new(body, p.replay_buffer, counter, max_body))
         }
         Some(_) => Outgoing::Empty,
-        None => Outgoing::Once(Some(RequestBody::new(body, counter, idle))),
+        None => Outgoing::Once(Some(RequestBody::new(body, counter, idle, max_body))),
     };
     let method = retry.map(|_| parts.method.clone());
 
@@ -122,7 +127,7 @@ pub async fn forward(
         let host = host
             .clone()
             .unwrap_or_else(|| upstream.endpoints[endpoint].host_header.clone());
-        address(&mut parts, host, &pq, h2)?;
+        address(&mut parts, host, &pq, h2, upstream.config.tls.is_some())?;
         let sent_at = ctx.exchange.record().is_some().then(Instant::now);
         let result = pool::send(
             upstream,
@@ -183,6 +188,10 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(&mut parts.headers, switching);
+    // Backend hiding: `Server`, `X-Powered-By` and the configured names.
+    for name in gw.hidden_response_headers.iter() {
+        parts.headers.remove(name);
+    }
     if switching {
         let Some(client_upgrade) = client_upgrade else {
             lease.detach();
@@ -256,10 +265,11 @@ fn address(
     host: HeaderValue,
     pq: &PathAndQuery,
     h2: bool,
+    tls: bool,
 ) -> Result<(), ProxyError> {
     if h2 {
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
             .authority(host.as_bytes())
             .path_and_query(pq.clone())
             .build()

@@ -5,6 +5,7 @@
 //! [`Template`] renders rewrite paths and redirect locations.
 
 mod matcher;
+pub mod normalize;
 mod router;
 mod template;
 

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::Shared;
 use super::h1_guard::Guarded;
+use super::limits;
 use super::send_timeout::SendTimeout;
 use crate::observe::metrics::OpenConnection;
 use crate::pipeline::{self, ConnInfo};
@@ -39,7 +40,7 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) {
     let _active = Active::track(&shared.active);
-    let _open = OpenConnection::new(place.connections);
+    let _open = OpenConnection::new(place.connections.clone());
     let gw = shared.current.load_full();
     let limits = &gw.config.limits;
     // hyper's header read timeout starts with the first byte, and protocol
@@ -55,15 +56,71 @@ pub async fn serve(
         () = super::drained(&mut drain) => return,
     }
     let stream = SendTimeout::new(stream, limits.send_timeout.0);
+    let listener = gw.listeners.iter().find(|l| l.name == place.listener);
+    let Some(tls) = listener.and_then(|l| l.tls.clone()) else {
+        let tls = TlsParts {
+            scheme: "http",
+            tls: None,
+            redirect_https: listener.and_then(|l| l.redirect_https.clone()),
+        };
+        return serve_http(stream, place, shared, drain, gw, tls).await;
+    };
+    // TLS: the handshake is bounded like a request head, so that a client
+    // that stalls in it cannot hold the connection.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(limits.header_read_timeout.0, acceptor.accept(stream)) => done,
+        () = super::drained(&mut drain) => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, peer = %place.peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %place.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let parts = TlsParts {
+        scheme: "https",
+        tls: Some(tls.conn_info(stream.get_ref().1)),
+        redirect_https: None,
+    };
+    serve_http(stream, place, shared, drain, gw, parts).await;
+}
+
+/// What differs between a plain and a TLS connection once the handshake is done.
+struct TlsParts {
+    scheme: &'static str,
+    tls: Option<crate::tls::TlsConn>,
+    redirect_https: Option<crate::config::RedirectHttps>,
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `stream` (plain, or decrypted TLS).
+async fn serve_http<S>(
+    stream: S,
+    place: Place,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+    gw: Arc<crate::gateway::Gateway>,
+    parts: TlsParts,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &gw.config.limits;
     let (stream, verdicts) = Guarded::new(stream, limits.max_header_bytes.0);
     let info = Arc::new(ConnInfo {
         peer: place.peer,
         peer_ip: crate::proxy::headers::ip_value(place.peer.ip()),
         listener: place.listener,
         worker: place.worker,
-        scheme: "http",
+        scheme: parts.scheme,
         verdicts,
         active: shared.active.clone(),
+        tls: parts.tls,
+        redirect_https: parts.redirect_https,
     });
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new());
@@ -76,16 +133,33 @@ pub async fn serve(
                     .max(8192),
             )
             .max_headers(limits.max_headers);
+        // The HTTP/2 abuse defences are h2's, set here explicitly rather than
+        // left to defaults (see docs/configuration.md, "HTTP/2 abuse"). The
+        // header list cap also bounds a CONTINUATION flood: h2 refuses more
+        // CONTINUATION frames than that size needs, with ENHANCE_YOUR_CALM.
         b.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes.0).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_header_bytes.0).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            .max_send_buf_size(H2_MAX_SEND_BUF);
         b
     };
+    let idle = limits::IdleClock::new(Arc::new(limits::InFlight::default()), limits.idle_timeout.0);
     drop(gw);
+    let listener = info.listener.clone();
     let svc_shared = shared.clone();
-    let svc = service_fn(move |req| {
+    let in_flight = idle.in_flight();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = svc_shared.current.load_full();
-        pipeline::handle(req, info.clone(), gw)
+        // HTTP/2 streams run in tasks of their own.
+        let guard = in_flight.enter(req.version() == http::Version::HTTP_2);
+        let handled = pipeline::handle(req, info.clone(), gw);
+        async move {
+            let resp = handled.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| limits::Tracked::new(b, guard)))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
@@ -99,9 +173,18 @@ pub async fn serve(
     let signal = drain.clone();
     let mut drained = std::pin::pin!(super::drained(&mut drain));
     let mut registered = false;
+    let mut idle = idle;
     let ended = std::future::poll_fn(|cx| {
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(res));
+        }
+        if idle.poll_expired(cx) {
+            // Idle past `limits.idle_timeout`: HTTP/1.1 closes now, HTTP/2
+            // sends GOAWAY; either way the connection future then ends.
+            conn.as_mut().graceful_shutdown();
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(res));
+            }
         }
         if !registered || signal.has_changed().unwrap_or(true) {
             registered = true;
@@ -114,6 +197,7 @@ pub async fn serve(
     .await;
     if let Some(res) = ended {
         if let Err(e) = res {
+            count_abuse(&shared, &listener, &*e);
             tracing::debug!(error = %e, "client connection ended with an error");
         }
         return;
@@ -121,6 +205,29 @@ pub async fn serve(
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "client connection ended with an error while draining");
+    }
+}
+
+/// Streams a client may reset before the server accepts them, over the
+/// connection's life, before it gets GOAWAY(ENHANCE_YOUR_CALM): the rapid
+/// reset defence (CVE-2023-44487). h2's default, stated here.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset for protocol errors before the connection
+/// gets GOAWAY(ENHANCE_YOUR_CALM). hyper's default, stated here.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Bytes buffered per stream for a client that does not read. hyper's default.
+const H2_MAX_SEND_BUF: usize = 400 * 1024;
+
+/// Counts a connection the gateway closed for abuse or a protocol violation.
+fn count_abuse(shared: &Shared, listener: &str, e: &(dyn std::error::Error + 'static)) {
+    if let Some(reason) = limits::abuse_reason(e) {
+        tracing::debug!(listener, reason, "client connection closed for abuse");
+        shared
+            .current
+            .load()
+            .metrics
+            .listener_aborted(listener, reason)
+            .inc();
     }
 }
 

@@ -6,8 +6,17 @@
 //! hyper, as RFC 9112 §6.3 allows, drops `Content-Length` when
 //! `Transfer-Encoding` is also present and forwards the message as chunked.
 //! A gateway must refuse it: the two fields together are the classic
-//! request-smuggling vector. The guard also measures each head exactly, since
-//! hyper cannot enforce a head limit below its 8 KiB read buffer.
+//! request-smuggling vector. hyper also accepts, and the guard refuses, a
+//! `Content-Length` given twice with the same value, a `Transfer-Encoding`
+//! that lists codings before `chunked` (`gzip, chunked`, `chunked, chunked`)
+//! or is split over several lines, and `Content_Length` / `Transfer_Encoding`
+//! spelled with an underscore (which some servers read as the real field).
+//! Everything else that makes framing ambiguous (obs-fold, space before the
+//! colon, NUL, bare CR and other control bytes, invalid name characters, a
+//! final coding other than `chunked`, `Transfer-Encoding` in HTTP/1.0, a
+//! malformed chunk) hyper refuses on its own; the guard only keeps following
+//! the framing there. The guard also measures each head exactly, since hyper
+//! cannot enforce a head limit below its 8 KiB read buffer.
 //!
 //! The scanner is a byte state machine: no buffering, no allocation. It stops
 //! scanning (passes bytes through) on HTTP/2, on upgrades and on CONNECT.
@@ -23,18 +32,54 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What the guard found wrong with a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flaw {
-    /// Content-Length with Transfer-Encoding, or Content-Length given twice.
+    /// Content-Length with Transfer-Encoding, or Content-Length given twice
+    /// (even with equal values: RFC 9112 §6.3 lets a recipient merge them,
+    /// but a gateway cannot know that every server behind it does the same).
     AmbiguousLength,
     /// The head is larger than the configured limit.
     HeadTooLarge,
+    /// A Content-Length that is not one decimal number.
+    InvalidLength,
+    /// A Transfer-Encoding other than exactly one `chunked` on one line.
+    BadTransferEncoding,
+    /// `Content_Length` or `Transfer_Encoding`: a look-alike of a framing
+    /// field that servers mapping `_` to `-` (CGI-style) would obey.
+    LookalikeFraming,
+}
+
+impl Flaw {
+    const ALL: [Flaw; 5] = [
+        Flaw::AmbiguousLength,
+        Flaw::HeadTooLarge,
+        Flaw::InvalidLength,
+        Flaw::BadTransferEncoding,
+        Flaw::LookalikeFraming,
+    ];
+
+    /// Why the head is refused, for the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Flaw::AmbiguousLength => {
+                "ambiguous length: Content-Length with Transfer-Encoding, or given twice"
+            }
+            Flaw::HeadTooLarge => "request head larger than limits.max_header_bytes",
+            Flaw::InvalidLength => "Content-Length is not a decimal number",
+            Flaw::BadTransferEncoding => {
+                "Transfer-Encoding must be exactly one `chunked` (no other coding, no repeat)"
+            }
+            Flaw::LookalikeFraming => "Content_Length or Transfer_Encoding field name",
+        }
+    }
 }
 
 const NONE: u64 = u64::MAX;
+/// Bits of a verdict code that hold the flaw (its position in [`Flaw::ALL`]).
+const FLAW_BITS: u32 = 3;
 
 /// Shared between a connection's stream and its requests.
 #[derive(Debug)]
 pub struct Verdicts {
-    /// `index << 1 | flaw` of the first flawed head, or `NONE`.
+    /// `index << FLAW_BITS | flaw` of the first flawed head, or `NONE`.
     first: AtomicU64,
     /// Requests handed to the service so far.
     served: AtomicU64,
@@ -49,7 +94,7 @@ impl Verdicts {
     }
 
     fn flag(&self, index: u64, flaw: Flaw) {
-        let code = index << 1 | u64::from(flaw == Flaw::HeadTooLarge);
+        let code = index << FLAW_BITS | flaw as u64;
         let _ = self
             .first
             .compare_exchange(NONE, code, Ordering::Relaxed, Ordering::Relaxed);
@@ -61,14 +106,11 @@ impl Verdicts {
     pub fn next_request(&self) -> Option<Flaw> {
         let index = self.served.fetch_add(1, Ordering::Relaxed);
         let first = self.first.load(Ordering::Relaxed);
-        if first == NONE || first >> 1 != index {
+        if first == NONE || first >> FLAW_BITS != index {
             return None;
         }
-        Some(if first & 1 == 1 {
-            Flaw::HeadTooLarge
-        } else {
-            Flaw::AmbiguousLength
-        })
+        let flaw = first & ((1 << FLAW_BITS) - 1);
+        Flaw::ALL.get(flaw as usize).copied()
     }
 }
 
@@ -113,9 +155,37 @@ struct Scanner {
     name_len: u8,
     cl: Option<u64>,
     cl_lines: u8,
-    te: bool,
+    /// Where the current Content-Length value is ([`Num`]).
+    cl_at: Num,
+    /// A Content-Length value of this head was not a number.
+    cl_bad: bool,
+    te_lines: u8,
+    /// How much of `chunked` the current Transfer-Encoding value matched:
+    /// 0..=7 bytes, [`TE_AFTER`] (trailing whitespace) or [`TE_BAD`].
+    te_at: u8,
+    te_bad: bool,
+    lookalike: bool,
     upgrade: bool,
     size: u64,
+}
+
+/// Progress through a Content-Length value: `OWS 1*DIGIT OWS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Num {
+    Before,
+    Digits,
+    After,
+    Bad,
+}
+
+const CHUNKED: &[u8; 7] = b"chunked";
+const TE_AFTER: u8 = 8;
+const TE_BAD: u8 = 9;
+
+/// Whitespace around a field value. CR is counted too: it only ever reaches
+/// here right before LF, since hyper refuses a bare CR in a head.
+fn ows(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r')
 }
 
 impl Scanner {
@@ -131,7 +201,12 @@ impl Scanner {
             name_len: 0,
             cl: None,
             cl_lines: 0,
-            te: false,
+            cl_at: Num::Before,
+            cl_bad: false,
+            te_lines: 0,
+            te_at: 0,
+            te_bad: false,
+            lookalike: false,
             upgrade: false,
             size: 0,
         }
@@ -192,7 +267,7 @@ impl Scanner {
         match st {
             St::RequestLine => usize::from(self.start_len) == self.start.len(),
             St::Value(Field::Other) | St::TrailerLine | St::ChunkExt | St::ChunkDataEnd => true,
-            St::Value(Field::TransferEncoding) => self.te,
+            St::Value(Field::TransferEncoding) => self.te_at == TE_BAD,
             _ => false,
         }
     }
@@ -219,7 +294,10 @@ impl Scanner {
                 self.start_len = 1;
                 self.cl = None;
                 self.cl_lines = 0;
-                self.te = false;
+                self.cl_bad = false;
+                self.te_lines = 0;
+                self.te_bad = false;
+                self.lookalike = false;
                 self.upgrade = false;
                 St::RequestLine
             }
@@ -257,18 +335,16 @@ impl Scanner {
                 }
             },
             St::Value(field) => {
-                if b == b'\n' {
-                    return self.st = St::LineStart;
-                }
                 match field {
-                    Field::ContentLength if b.is_ascii_digit() => {
-                        let v = self.cl.unwrap_or(0);
-                        self.cl = Some(v.saturating_mul(10).saturating_add(u64::from(b - b'0')));
-                    }
-                    Field::TransferEncoding => self.te = true,
-                    _ => {}
+                    Field::ContentLength => self.length_byte(b),
+                    Field::TransferEncoding => self.coding_byte(b),
+                    Field::Other => {}
                 }
-                St::Value(field)
+                if b == b'\n' {
+                    St::LineStart
+                } else {
+                    St::Value(field)
+                }
             }
             St::HeadEnd => self.end_head(verdicts),
             St::ChunkSize => match b {
@@ -337,15 +413,70 @@ impl Scanner {
     fn classify(&mut self, name: &[u8]) -> Field {
         if name.eq_ignore_ascii_case(b"content-length") {
             self.cl_lines = self.cl_lines.saturating_add(1);
+            self.cl_at = Num::Before;
             Field::ContentLength
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.te_lines = self.te_lines.saturating_add(1);
+            self.te_at = 0;
             Field::TransferEncoding
         } else {
             if name.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
+            } else if name.eq_ignore_ascii_case(b"content_length")
+                || name.eq_ignore_ascii_case(b"transfer_encoding")
+            {
+                self.lookalike = true;
             }
             Field::Other
         }
+    }
+
+    /// One byte of a Content-Length value (`\n` ends it): `OWS 1*DIGIT OWS`,
+    /// no sign, no list, no overflow (hyper refuses those too; the guard must
+    /// not frame the body differently from hyper before it does).
+    fn length_byte(&mut self, b: u8) {
+        self.cl_at = match (self.cl_at, b) {
+            (Num::Before | Num::Digits, b'0'..=b'9') => {
+                let v = self.cl.unwrap_or(0);
+                match v
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                {
+                    Some(v) => {
+                        self.cl = Some(v);
+                        Num::Digits
+                    }
+                    None => Num::Bad,
+                }
+            }
+            (Num::Before, b'\n') => Num::Bad,
+            (at, b'\n') => at,
+            (Num::Before, _) if ows(b) => Num::Before,
+            (Num::Digits | Num::After, _) if ows(b) => Num::After,
+            _ => Num::Bad,
+        };
+        if self.cl_at == Num::Bad {
+            self.cl_bad = true;
+        }
+    }
+
+    /// One byte of a Transfer-Encoding value (`\n` ends it): it must be
+    /// `OWS chunked OWS`, in any case. hyper only checks the last coding and
+    /// would take `gzip, chunked` or `chunked, chunked` as plain chunked,
+    /// silently changing what the upstream gets.
+    fn coding_byte(&mut self, b: u8) {
+        self.te_at = match self.te_at {
+            _ if b == b'\n' => {
+                if self.te_at < 7 || self.te_at == TE_BAD {
+                    self.te_bad = true;
+                }
+                self.te_at
+            }
+            0 if ows(b) => 0,
+            at @ 0..7 if CHUNKED.get(usize::from(at)) == Some(&b.to_ascii_lowercase()) => at + 1,
+            7 | TE_AFTER if ows(b) => TE_AFTER,
+            _ => TE_BAD,
+        };
     }
 
     fn end_head(&mut self, verdicts: &Verdicts) -> St {
@@ -355,14 +486,23 @@ impl Scanner {
         }
         // Both framings, or the length given twice (hyper would merge equal
         // values; a second length is refused, as NGINX does).
-        if (self.te && self.cl.is_some()) || self.cl_lines > 1 {
+        if (self.te_lines > 0 && self.cl_lines > 0) || self.cl_lines > 1 {
             verdicts.flag(index, Flaw::AmbiguousLength);
+        }
+        if self.cl_bad {
+            verdicts.flag(index, Flaw::InvalidLength);
+        }
+        if self.te_bad || self.te_lines > 1 {
+            verdicts.flag(index, Flaw::BadTransferEncoding);
+        }
+        if self.lookalike {
+            verdicts.flag(index, Flaw::LookalikeFraming);
         }
         if self.upgrade || self.start.starts_with(b"CONNECT ") {
             return St::Pass;
         }
         self.size = 0;
-        match (self.te, self.cl) {
+        match (self.te_lines > 0, self.cl) {
             (true, _) => St::ChunkSize,
             (false, Some(n)) if n > 0 => St::Fixed(n),
             _ => St::Idle,
@@ -509,6 +649,107 @@ mod tests {
             St::Pass,
             "only the connection's first bytes can switch to HTTP/2"
         );
+    }
+
+    /// One head with `headers`, scanned whole and byte by byte.
+    fn verdict(headers: &str) -> Option<Flaw> {
+        let input = format!("POST /x HTTP/1.1\r\nHost: h\r\n{headers}\r\n");
+        let whole = scan_all(input.as_bytes(), input.len(), 1 << 20);
+        let bytewise = scan_all(input.as_bytes(), 1, 1 << 20);
+        assert_eq!(whole, bytewise, "{headers:?}");
+        whole.first().copied().flatten()
+    }
+
+    #[test]
+    fn transfer_encoding_must_be_one_chunked() {
+        for ok in [
+            "Transfer-Encoding: chunked\r\n",
+            "transfer-encoding:CHUNKED\r\n",
+            "Transfer-Encoding: \t chunked \t\r\n",
+            "Transfer-Encoding: chunked\n",
+        ] {
+            assert_eq!(verdict(ok), None, "{ok:?}");
+        }
+        for bad in [
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: , chunked\r\n",
+            "Transfer-Encoding: chunked,\r\n",
+            "Transfer-Encoding: identity\r\n",
+            "Transfer-Encoding: chunk\r\n",
+            "Transfer-Encoding: chunkedx\r\n",
+            "Transfer-Encoding: \"chunked\"\r\n",
+            "Transfer-Encoding:\r\n",
+            "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert_eq!(verdict(bad), Some(Flaw::BadTransferEncoding), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_must_be_one_number() {
+        assert_eq!(verdict("Content-Length: 0\r\n"), None);
+        assert_eq!(verdict("Content-Length:  0 \r\n"), None);
+        for bad in [
+            "Content-Length: +0\r\n",
+            "Content-Length: -0\r\n",
+            "Content-Length: 0x0\r\n",
+            "Content-Length: 0 0\r\n",
+            "Content-Length: 0, 0\r\n",
+            "Content-Length:\r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+        ] {
+            assert_eq!(verdict(bad), Some(Flaw::InvalidLength), "{bad:?}");
+        }
+        for bad in [
+            "Content-Length: 0\r\nContent-Length: 0\r\n",
+            "Content-Length: 0\r\nContent-Length: 1\r\n",
+            "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: x\r\n",
+        ] {
+            assert_eq!(verdict(bad), Some(Flaw::AmbiguousLength), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lookalike_framing_names_are_flagged() {
+        assert_eq!(
+            verdict("Transfer_Encoding: chunked\r\n"),
+            Some(Flaw::LookalikeFraming)
+        );
+        assert_eq!(
+            verdict("content_length: 0\r\n"),
+            Some(Flaw::LookalikeFraming)
+        );
+        assert_eq!(verdict("X-Content_Length: 0\r\n"), None);
+    }
+
+    #[test]
+    fn every_flaw_survives_its_code() {
+        for (i, flaw) in Flaw::ALL.into_iter().enumerate() {
+            let v = Verdicts::new();
+            v.flag(i as u64, flaw);
+            for _ in 0..i {
+                assert_eq!(v.next_request(), None);
+            }
+            assert_eq!(v.next_request(), Some(flaw));
+            assert!(!flaw.reason().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_flawed_chunked_head_later_on_the_connection_is_found() {
+        let input =
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+            POST /b HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+        for split in [1, 2, 9, input.len()] {
+            assert_eq!(
+                scan_all(input, split, 1 << 20),
+                [None, Some(Flaw::BadTransferEncoding)],
+                "split {split}"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod h1_guard;
+pub mod limits;
 pub mod listener;
 pub mod reload;
 pub mod send_timeout;
@@ -148,6 +149,7 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         let reloads = reload::watch(shared.clone());
         tracing::info!(workers, "portico started");
         tokio::spawn(reloads);
+        tokio::spawn(crate::tls::watch(shared.clone()));
         tokio::spawn(maintain(shared.clone()));
         let snapshot = shared.clone();
         tokio::spawn(crate::upstream::health::supervise(move || {
@@ -236,13 +238,16 @@ pub async fn apply_listeners(shared: &Arc<Shared>, gw: Arc<Gateway>) -> Result<(
     shared.current.store(gw);
     for (key, bound, sockets) in started {
         let (drain_tx, drain_rx) = watch::channel(false);
+        // One set of counts for all the listener's workers: the caps are per listener.
+        let caps = Arc::new(limits::ConnCaps::default());
         for (worker, (socket, handle)) in sockets.into_iter().zip(&shared.workers).enumerate() {
             let shared = shared.clone();
             let name = key.0.clone();
             let drain = drain_rx.clone();
+            let caps = caps.clone();
             handle.spawn(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(l) => accept_loop(l, name, worker, shared, drain).await,
+                    Ok(l) => accept_loop(l, name, worker, shared, drain, caps).await,
                     Err(e) => tracing::error!(error = %e, "cannot register listener"),
                 }
             });
@@ -265,14 +270,40 @@ async fn accept_loop(
     worker: usize,
     shared: Arc<Shared>,
     mut drain: watch::Receiver<bool>,
+    caps: Arc<limits::ConnCaps>,
 ) {
     let conn_drain = drain.clone();
     // Looked up once: the metric families outlive snapshots.
-    let connections = shared.current.load().metrics.listener_connections(&name);
+    let metrics = shared.current.load().metrics.clone();
+    let connections = metrics.listener_connections(&name);
+    let refused = limits::Refusal::ALL.map(|r| (r, metrics.listener_refused(&name, r.label())));
+    drop(metrics);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // The caps follow reloads: read from the current snapshot.
+                    let (max_total, max_per_ip) = shared
+                        .current
+                        .load()
+                        .config
+                        .listeners
+                        .iter()
+                        .find(|l| l.name.value.as_str() == &*name)
+                        .map_or((0, 0), |l| (l.max_connections, l.max_connections_per_ip));
+                    let permit = match caps.admit(peer.ip(), max_total, max_per_ip) {
+                        Ok(permit) => permit,
+                        Err(reason) => {
+                            // Closed at once, unanswered: an answer would cost
+                            // what the cap is there to save.
+                            tracing::debug!(listener = %name, %peer, reason = reason.label(), "connection refused");
+                            if let Some((_, c)) = refused.iter().find(|(r, _)| *r == reason) {
+                                c.inc();
+                            }
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let place = conn::Place {
                         peer,
@@ -280,7 +311,12 @@ async fn accept_loop(
                         worker,
                         connections: connections.clone(),
                     };
-                    tokio::spawn(conn::serve(stream, place, shared.clone(), conn_drain.clone()));
+                    let serving = conn::serve(stream, place, shared.clone(), conn_drain.clone());
+                    tokio::spawn(async move {
+                        // Holds the connection's slots until it is served.
+                        let _permit = permit;
+                        serving.await;
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -30,9 +30,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 
+use super::tls::TlsClient;
 use super::{Endpoint, Upstream, pool};
 use crate::config::{HealthCheckConfig, HealthCheckKind, StatusRange, UpstreamProtocol};
 use crate::gateway::Gateway;
@@ -109,7 +110,8 @@ async fn check_endpoint(upstream: Weak<Upstream>, index: usize, probe: Arc<Probe
         let (Some(endpoint), Some(state)) = (up.endpoints.get(index), up.states.get(index)) else {
             return;
         };
-        let verdict = probe.check(endpoint).await;
+        let tls = up.tls();
+        let verdict = probe.check_over(endpoint, index, tls.as_deref()).await;
         if let Err(reason) = &verdict {
             tracing::debug!(
                 upstream = %up.name,
@@ -213,7 +215,7 @@ impl Probe {
                 method: Method::from_str(&cfg.method).map_err(|e| format!("method: {e}"))?,
                 path: PathAndQuery::from_str(&cfg.path).map_err(|e| format!("path: {e}"))?,
                 expected: cfg.expected_statuses.clone(),
-                h2: protocol == UpstreamProtocol::H2c,
+                h2: matches!(protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2),
             },
             HealthCheckKind::Grpc => ProbeKind::Grpc {
                 request: grpc_request(&cfg.grpc_service)?,
@@ -244,13 +246,31 @@ impl Probe {
         self.interval + self.jitter.mul_f64(fastrand::f64())
     }
 
-    /// Runs one check of `ep`, bounded by the timeout. Every check opens a new
-    /// connection: it tests connectivity too, and keeps nothing between checks.
+    /// Runs one check of `ep` over plain TCP.
+    #[cfg(test)]
     async fn check(&self, ep: &Endpoint) -> Verdict {
+        self.check_over(ep, 0, None).await
+    }
+
+    /// Runs one check of `ep` (endpoint `index` of its upstream), bounded by
+    /// the timeout; HTTP and gRPC checks go over TLS when `tls` is given
+    /// (a TCP check only connects). Every check opens a new connection: it
+    /// tests connectivity too, and keeps nothing between checks.
+    async fn check_over(&self, ep: &Endpoint, index: usize, tls: Option<&TlsClient>) -> Verdict {
         let attempt = async {
             let (stream, _) = pool::connect(ep, self.timeout)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Not the request path: one boxed stream type for both cases.
+            let stream: Box<dyn Stream> = match tls {
+                Some(tls) if !matches!(self.kind, ProbeKind::Tcp) => Box::new(
+                    tls.handshake(index, &ep.address, stream)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                _ => Box::new(stream),
+            };
+            let tls = tls.is_some();
             let authority = || match &self.host {
                 Some(h) => Ok(h.clone()),
                 None => Authority::try_from(ep.host_header.as_bytes())
@@ -264,7 +284,7 @@ impl Probe {
                     expected,
                     h2,
                 } => {
-                    let req = request(method.clone(), authority()?, path.clone(), *h2)
+                    let req = request(method.clone(), authority()?, path.clone(), *h2, tls)
                         .body(Full::default())
                         .map_err(|e| e.to_string())?;
                     let status = round_trip(stream, *h2, req, async |resp| {
@@ -285,6 +305,7 @@ impl Probe {
                         authority()?,
                         PathAndQuery::from_static(GRPC_HEALTH_CHECK),
                         true,
+                        tls,
                     )
                     .header(CONTENT_TYPE, "application/grpc")
                     .header(TE, "trailers")
@@ -323,13 +344,14 @@ fn request(
     authority: Authority,
     path: PathAndQuery,
     h2: bool,
+    tls: bool,
 ) -> http::request::Builder {
     let b = Request::builder()
         .method(method)
         .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
     if h2 {
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
         uri.authority = Some(authority);
         uri.path_and_query = Some(path);
         b.version(Version::HTTP_2).uri(uri)
@@ -345,7 +367,7 @@ fn request(
 /// hands the response to `read`. The connection is driven in this task, not
 /// spawned, so that a check dropped at its timeout closes it.
 async fn round_trip<T>(
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     h2: bool,
     req: Request<Full<Bytes>>,
     read: impl AsyncFnOnce(Response<Incoming>) -> Result<T, String>,
@@ -369,6 +391,11 @@ async fn round_trip<T>(
         .await
     }
 }
+
+/// A check's connection: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// Polls the connection `conn` alongside `exchange` until the exchange is done.
 /// A connection that ends first is left alone: the exchange then fails or

@@ -6,17 +6,19 @@ pub mod health;
 pub mod outlier;
 pub mod pool;
 pub mod state;
+pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderValue;
 
 use crate::config::{HashKey, UpstreamConfig};
 use balance::Balancer;
 use pool::EndpointPool;
 use state::{EndpointState, UpstreamStats};
+use tls::TlsClient;
 
 /// Slow start: an endpoint that became available `warmth` of the way through
 /// its ramp takes that share of the picks that land on it.
@@ -93,6 +95,9 @@ pub struct Upstream {
     /// The `host: { fixed }` value, as a header value.
     pub fixed_host: Option<HeaderValue>,
     balancer: Balancer,
+    /// TLS to the endpoints (`tls`). Swappable so that a reload that keeps the
+    /// upstream still picks up renewed certificate files for new connections.
+    tls: ArcSwapOption<TlsClient>,
     /// `pools[worker][endpoint]`.
     pools: Box<[Box<[EndpointPool]>]>,
 }
@@ -119,6 +124,7 @@ impl Upstream {
                 _ => None,
             },
             balancer: Balancer::new(&config.balance, &ids, &weights, workers),
+            tls: ArcSwapOption::empty(),
             pools: (0..workers)
                 .map(|_| {
                     endpoints
@@ -129,6 +135,17 @@ impl Upstream {
                 .collect(),
             endpoints,
         }
+    }
+
+    /// The compiled TLS client side, when the upstream has `tls`.
+    pub fn tls(&self) -> Option<Arc<TlsClient>> {
+        self.tls.load_full()
+    }
+
+    /// Sets the compiled TLS client side (at compile time, and again at each
+    /// reload that keeps the upstream); open connections keep theirs.
+    pub fn set_tls(&self, tls: Option<TlsClient>) {
+        self.tls.store(tls.map(Arc::new));
     }
 
     /// The hash key source, for consistent hashing.

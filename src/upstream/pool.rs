@@ -13,9 +13,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, futures::Notified};
 use tokio::time::{Instant, timeout};
+use tokio_rustls::client::TlsStream;
 
 use super::Upstream;
 use super::outlier::Outcome;
@@ -365,26 +367,53 @@ async fn wait_for_slot(
     }
 }
 
-/// Connects to an endpoint for a new pooled connection, unless the upstream
-/// is at `circuit_breaker.max_connections`; the returned slot is held for the
+/// A new connection's transport. Dialling matches on it once and hands the
+/// concrete stream to hyper, so plain connections pay nothing for TLS.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connects to an endpoint for a new pooled connection, with the TLS
+/// handshake when the upstream has `tls`, unless the upstream is at
+/// `circuit_breaker.max_connections`; the returned slot is held for the
 /// connection's life.
 async fn open(
     upstream: &Upstream,
     endpoint: usize,
-) -> Result<(TcpStream, SocketAddr, Held<Arc<AtomicU32>>), ProxyError> {
+) -> Result<(Transport, SocketAddr, Held<Arc<AtomicU32>>), ProxyError> {
     let stats = &upstream.stats;
     let cap = upstream.config.circuit_breaker.max_connections;
     let slot = Held::take(stats.connections.clone(), cap)
         .ok_or_else(|| over_cap(upstream, Cap::Connections, cap))?;
     let started = Instant::now();
-    let (stream, addr) = connect(
-        &upstream.endpoints[endpoint],
-        upstream.config.timeouts.connect.0,
-    )
-    .await?;
+    let limit = upstream.config.timeouts.connect.0;
+    let ep = &upstream.endpoints[endpoint];
+    let (stream, addr) = connect(ep, limit).await?;
+    let transport = if upstream.config.tls.is_none() {
+        Transport::Plain(stream)
+    } else {
+        // Never fall back to cleartext towards an upstream configured for TLS.
+        let tls = upstream.tls().ok_or_else(|| {
+            ProxyError::new(ErrorKind::Internal).context(format_args!(
+                "upstream {}: TLS is not compiled",
+                upstream.name
+            ))
+        })?;
+        // One budget for TCP and TLS together: `timeouts.connect` is the time
+        // to a usable connection.
+        let left = limit.saturating_sub(started.elapsed());
+        match timeout(left, tls.handshake(endpoint, &ep.address, stream)).await {
+            Err(_) => {
+                return Err(ProxyError::new(ErrorKind::ConnectTimeout)
+                    .context(format_args!("TLS handshake with {}", ep.address)));
+            }
+            Ok(stream) => Transport::Tls(Box::new(stream?)),
+        }
+    };
     stats.connect_duration.observe(started.elapsed());
     stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-    Ok((stream, addr, slot))
+    Ok((transport, addr, slot))
 }
 
 /// Opens a new HTTP/1.1 connection to `endpoint`.
@@ -392,7 +421,23 @@ async fn dial_h1(
     upstream: &Upstream,
     endpoint: usize,
 ) -> Result<(http1::SendRequest<RequestBody>, SocketAddr), ProxyError> {
-    let (stream, addr, slot) = open(upstream, endpoint).await?;
+    let (transport, addr, slot) = open(upstream, endpoint).await?;
+    let tx = match transport {
+        Transport::Plain(s) => handshake_h1(s, slot).await?,
+        Transport::Tls(s) => handshake_h1(*s, slot).await?,
+    };
+    Ok((tx, addr))
+}
+
+/// Starts HTTP/1.1 on `stream` and spawns its connection task, which holds
+/// the connection `slot`.
+async fn handshake_h1<S>(
+    stream: S,
+    slot: Held<Arc<AtomicU32>>,
+) -> Result<http1::SendRequest<RequestBody>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -403,15 +448,31 @@ async fn dial_h1(
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
-    Ok((tx, addr))
+    Ok(tx)
 }
 
-/// Opens a new h2c connection to `endpoint`.
+/// Opens a new HTTP/2 connection to `endpoint`: h2c, or h2 over TLS.
 async fn dial_h2(
     upstream: &Upstream,
     endpoint: usize,
 ) -> Result<(http2::SendRequest<RequestBody>, SocketAddr), ProxyError> {
-    let (stream, addr, slot) = open(upstream, endpoint).await?;
+    let (transport, addr, slot) = open(upstream, endpoint).await?;
+    let tx = match transport {
+        Transport::Plain(s) => handshake_h2(s, slot).await?,
+        Transport::Tls(s) => handshake_h2(*s, slot).await?,
+    };
+    Ok((tx, addr))
+}
+
+/// Starts HTTP/2 on `stream` and spawns its connection task, which holds
+/// the connection `slot`.
+async fn handshake_h2<S>(
+    stream: S,
+    slot: Held<Arc<AtomicU32>>,
+) -> Result<http2::SendRequest<RequestBody>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(stream))
         .await
@@ -422,14 +483,21 @@ async fn dial_h2(
             tracing::debug!(error = %e, "upstream h2 connection ended");
         }
     });
-    Ok((tx, addr))
+    Ok(tx)
 }
 
 fn upstream_failed(e: hyper::Error) -> ProxyError {
+    if let Some(kind) = client_body_limit(&e) {
+        return ProxyError::new(kind).context(&e);
+    }
     if client_body_failed(&e) {
         // Reading the client's body failed (malformed chunking, a stall, a reset):
         // the client's fault, not the upstream's.
         return ProxyError::new(ErrorKind::ClientFailed).context(&e);
+    }
+    if let Some(tls) = super::tls::refused_after_handshake(&e) {
+        return ProxyError::new(ErrorKind::ConnectFailed)
+            .context(format_args!("TLS handshake refused by the upstream: {tls}"));
     }
     let mut err = ProxyError::new(ErrorKind::UpstreamFailed).context(&e);
     if e.is_canceled() || refused_stream(&e) {
@@ -451,6 +519,20 @@ fn refused_stream(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// The client-side limit that failed the request body, if that is what `e`
+/// reports: a stall (408) or a body over the route's size (413).
+fn client_body_limit(e: &hyper::Error) -> Option<ErrorKind> {
+    use std::error::Error as _;
+    let source = e.source().filter(|_| e.is_user())?;
+    if source.is::<crate::proxy::body::IdleTimeout>() {
+        Some(ErrorKind::RequestTimeout)
+    } else if source.is::<crate::proxy::body::BodyTooLarge>() {
+        Some(ErrorKind::PayloadTooLarge)
+    } else {
+        None
+    }
 }
 
 /// Whether `e` is hyper reporting that the request body (the client's body,
