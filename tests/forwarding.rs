@@ -64,7 +64,7 @@ async fn hop_by_hop_request_headers_are_removed() {
           TE: gzip, trailers\r\n\
           Upgrade: foo/1\r\n\
           Proxy-Connection: keep-alive\r\n\
-          Transfer-Encoding: gzip, chunked\r\n\
+          Transfer-Encoding: chunked\r\n\
           X-Kept: yes\r\n\
           \r\n\
           5\r\nhello\r\n0\r\n\r\n",

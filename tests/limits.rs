@@ -30,9 +30,7 @@ async fn get_on(s: &mut TcpStream) -> u16 {
 /// True when the gateway closes `s` unanswered within 2 s.
 async fn closed_unanswered(s: &mut TcpStream) -> bool {
     // The write may already fail if the gateway closed first.
-    let _ = s
-        .write_all(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n")
-        .await;
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
     let (bytes, eof) = raw::read_to_end(s, Duration::from_secs(2)).await;
     eof && bytes.is_empty()
 }
@@ -80,7 +78,10 @@ async fn the_listener_cap_closes_extra_connections_across_workers_and_frees_slot
         held.push(s);
     }
     let mut extra = raw::connect(addr).await;
-    assert!(closed_unanswered(&mut extra).await, "the 4th connection was served");
+    assert!(
+        closed_unanswered(&mut extra).await,
+        "the 4th connection was served"
+    );
     // The count follows connections across both workers' accept loops.
     let refused = metric(
         admin,
@@ -94,14 +95,15 @@ async fn the_listener_cap_closes_extra_connections_across_workers_and_frees_slot
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut s = raw::connect(addr).await;
-        let _ = s
-            .write_all(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n")
-            .await;
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
         if let Ok(r) = raw::read_response(&mut s, false).await {
             assert_eq!(r.status, 200);
             break;
         }
-        assert!(Instant::now() < deadline, "the freed slot was never reusable");
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was never reusable"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -115,7 +117,10 @@ async fn the_per_ip_cap_counts_each_client_address() {
     assert_eq!(get_on(&mut a1).await, 200);
     assert_eq!(get_on(&mut a2).await, 200);
     let mut a3 = connect_from("127.0.0.1", addr).await;
-    assert!(closed_unanswered(&mut a3).await, "a third connection from one IP was served");
+    assert!(
+        closed_unanswered(&mut a3).await,
+        "a third connection from one IP was served"
+    );
     // Another address still gets in.
     let mut b1 = connect_from("127.0.0.2", addr).await;
     assert_eq!(get_on(&mut b1).await, 200);
@@ -124,14 +129,15 @@ async fn the_per_ip_cap_counts_each_client_address() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut s = connect_from("127.0.0.1", addr).await;
-        let _ = s
-            .write_all(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n")
-            .await;
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
         if let Ok(r) = raw::read_response(&mut s, false).await {
             assert_eq!(r.status, 200);
             break;
         }
-        assert!(Instant::now() < deadline, "the freed per-IP slot was never reusable");
+        assert!(
+            Instant::now() < deadline,
+            "the freed per-IP slot was never reusable"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop((a2, b1));
@@ -274,10 +280,9 @@ async fn a_declared_length_over_the_limit_gets_413_before_anything_goes_upstream
 
 #[tokio::test]
 async fn a_route_may_allow_larger_bodies() {
-    let up = upstream::start(|seen| {
-        Response::new(Full::new(Bytes::from(seen.body.len().to_string())))
-    })
-    .await;
+    let up =
+        upstream::start(|seen| Response::new(Full::new(Bytes::from(seen.body.len().to_string()))))
+            .await;
     let mut gw = Gateway::start(&body_limit_config(up.addr));
     let addr = gw.addr("main");
     let post = |path: &str, n: usize| {
@@ -315,8 +320,14 @@ async fn a_chunked_body_over_the_limit_is_cut_with_413() {
     assert_eq!(r.status, 413, "{}", r.text());
     // The upstream's exchange was cut: it never saw the body's last chunk.
     let got = up.received_text();
-    assert!(!got.contains("0\r\n\r\n"), "the upstream got a complete body: {got:?}");
-    assert!(got.matches('y').count() <= 1024, "more than the limit went upstream");
+    assert!(
+        !got.contains("0\r\n\r\n"),
+        "the upstream got a complete body: {got:?}"
+    );
+    assert!(
+        got.matches('y').count() <= 1024,
+        "more than the limit went upstream"
+    );
 }
 
 #[tokio::test]

@@ -115,12 +115,7 @@ enum Source {
 impl RequestBody {
     /// Wraps a client body; `counter` receives the bytes read; more than
     /// `max` bytes (0: no limit) fails it with [`BodyTooLarge`].
-    pub fn new(
-        inner: Incoming,
-        counter: Option<Arc<AtomicU64>>,
-        idle: Duration,
-        max: u64,
-    ) -> Self {
+    pub fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>, idle: Duration, max: u64) -> Self {
         if inner.is_end_stream() {
             return Self::empty();
         }

@@ -143,6 +143,25 @@ pub enum Ended {
 
 /// Reads and discards frames until a GOAWAY, EOF or `limit`.
 pub async fn wait_end(s: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> Ended {
+    wait_end_at(s, limit).await.0
+}
+
+/// [`wait_end`], with a GOAWAY's last stream id: the highest stream the
+/// server says it processed.
+pub async fn wait_end_at(
+    s: &mut (impl AsyncReadExt + Unpin),
+    limit: Duration,
+) -> (Ended, Option<u32>) {
+    let mut last = None;
+    let ended = wait_end_inner(s, limit, &mut last).await;
+    (ended, last)
+}
+
+async fn wait_end_inner(
+    s: &mut (impl AsyncReadExt + Unpin),
+    limit: Duration,
+    last: &mut Option<u32>,
+) -> Ended {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -163,6 +182,7 @@ pub async fn wait_end(s: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> E
             Ok(Ok(_)) => {}
         }
         if head[3] == GOAWAY && len >= 8 {
+            *last = Some(u32::from_be_bytes(payload[0..4].try_into().unwrap()) & 0x7fff_ffff);
             return Ended::GoAway(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
         }
     }
