@@ -172,6 +172,10 @@ impl Validator<'_> {
         if limits.header_read_timeout.0.is_zero() {
             self.nowhere("`limits.header_read_timeout` must be greater than 0".into());
         }
+        if limits.max_concurrent_streams == 0 {
+            // Zero would leave HTTP/2 clients no stream at all.
+            self.nowhere("`limits.max_concurrent_streams` must be greater than 0".into());
+        }
     }
 
     fn listeners(&mut self, cfg: &Config) {
@@ -1241,11 +1245,11 @@ routes:
     #[test]
     fn global_settings() {
         let text = format!(
-            "workers: 0\naccess_log: {{ buffer: 0 }}\nrequest_id: {{ header: \"x id\" }}\nlimits: {{ max_uri_length: 0, max_header_bytes: 0, max_headers: 0, header_read_timeout: 0s }}\n{BASE}"
+            "workers: 0\naccess_log: {{ buffer: 0 }}\nrequest_id: {{ header: \"x id\" }}\nlimits: {{ max_uri_length: 0, max_header_bytes: 0, max_headers: 0, header_read_timeout: 0s, max_concurrent_streams: 0 }}\n{BASE}"
         );
         let errs = errors(&text);
         let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(errs.len(), 7, "{msgs:#?}");
+        assert_eq!(errs.len(), 8, "{msgs:#?}");
         for needle in [
             "`workers`",
             "`access_log.buffer`",
@@ -1254,6 +1258,7 @@ routes:
             "`limits.max_header_bytes`",
             "`limits.max_headers`",
             "`limits.header_read_timeout`",
+            "`limits.max_concurrent_streams`",
         ] {
             assert!(
                 msgs.iter().any(|m| m.contains(needle)),
