@@ -99,6 +99,10 @@ pub struct Gateway {
     /// Upstream response headers removed before the client sees them
     /// (`hide_response_headers`).
     pub hidden_response_headers: Box<[HeaderName]>,
+    /// Some listener forwards verified client certificates in headers: then
+    /// every request on every listener has client-sent ones removed, since
+    /// routes serve all listeners unless told otherwise.
+    pub client_cert_headers: bool,
     /// The metric families. One set per process: each snapshot takes it from
     /// the one it replaces, so series outlive reloads without global state
     /// (and `portico check` or a test compiles with a set of its own).
@@ -327,6 +331,12 @@ fn build(
         trusted_proxies,
         forwarded_header: cfg.forwarding.forwarded_header,
         hidden_response_headers,
+        client_cert_headers: cfg.listeners.iter().any(|l| {
+            l.tls
+                .as_ref()
+                .and_then(|t| t.value.client_auth.as_ref())
+                .is_some_and(|c| c.forward_headers)
+        }),
         metrics,
         config: cfg,
     })

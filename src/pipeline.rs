@@ -51,6 +51,8 @@ pub struct ConnInfo {
     pub tls: Option<crate::tls::TlsConn>,
     /// The listener redirects every request to HTTPS.
     pub redirect_https: Option<crate::config::RedirectHttps>,
+    /// The connection's slots under the listener's caps (a tunnel keeps them).
+    pub slots: Arc<crate::server::conn::Slots>,
 }
 
 /// Per-request state passed to every step.
@@ -163,12 +165,23 @@ async fn route_and_run(
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(gw, &req)?;
+    // ACME HTTP-01: answered on plain listeners before the HTTPS redirect
+    // and routing.
+    #[cfg(feature = "acme")]
+    if ctx.conn.tls.is_none()
+        && let Some(resp) = crate::acme::http01_response(&req)
+    {
+        return Ok(resp);
+    }
     // Once, before anything reads the path: routing, every filter and the
     // upstream must see the same one (the access log keeps it as received).
     if let Some(uri) = normalize_uri(req.method(), req.uri(), &gw.config.normalize_path)
         .map_err(|e| ProxyError::new(ErrorKind::BadRequest).context(e))?
     {
         *req.uri_mut() = uri;
+    }
+    if gw.client_cert_headers {
+        crate::tls::http::strip_client_cert_headers(req.headers_mut());
     }
     // Redirect to HTTPS, SNI/Host binding (421), client-certificate headers:
     // before routing, so that routes can match on those headers.

@@ -757,3 +757,62 @@ fn check_reports_unloadable_certificates_at_their_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With client-certificate headers forwarded anywhere, a client cannot forge
+/// them on any listener, in any spelling.
+#[tokio::test]
+async fn client_cert_headers_cannot_be_forged_on_other_listeners() {
+    let up = upstream::named("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("Server CA");
+    let client_ca = ca("Client CA");
+    let yaml = mtls_yaml(
+        &up,
+        dir.path(),
+        &client_ca,
+        &leaf(&server_ca, &["a.test"]),
+        "optional",
+    )
+    .replace(
+        "upstreams:",
+        "  - { name: plain, address: \"127.0.0.1:0\" }\nupstreams:",
+    );
+    let mut gw = Gateway::start(&yaml);
+    let plain = gw.addr("plain");
+    let resp = support::raw::exchange(
+        plain,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Client-Cert-Subject: CN=forged\r\nx_client_cert_san: admin.test\r\nX_CLIENT_CERT_SUBJECT: CN=x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    let seen = up.seen().pop().unwrap();
+    let leaked: Vec<_> = seen
+        .headers
+        .keys()
+        .filter(|n| n.as_str().replace('_', "-").starts_with("x-client-cert"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+/// A fully qualified Host (`a.test.`) names the same host as the SNI `a.test`.
+#[tokio::test]
+async fn a_trailing_dot_in_host_is_not_misdirected() {
+    let up = upstream::named("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("Server CA");
+    let tls = format!(
+        "      certificates: [{}]",
+        install(dir.path(), "srv", &leaf(&server_ca, &["a.test"]))
+    );
+    let mut gw = Gateway::start(&gateway_yaml(&up, &tls, ""));
+    let addr = gw.addr("tls");
+    let got = fetch(addr, "a.test", "a.test.", "/", &ClientOpts::default())
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    let got = fetch(addr, "a.test", "b.test", "/", &ClientOpts::default())
+        .await
+        .unwrap();
+    assert_eq!(got.status, 421);
+}

@@ -66,7 +66,13 @@ pub fn normalize_uri(
     cfg: &NormalizePathConfig,
 ) -> Result<Option<Uri>, PathError> {
     let Some(pq) = uri.path_and_query() else {
-        return Ok(None);
+        // Absolute-form without a path means `/`; authority-form (`host:port`)
+        // is only for CONNECT: anything else would route with an empty path.
+        return if uri.scheme().is_some() || method == Method::CONNECT {
+            Ok(None)
+        } else {
+            Err(PathError::NotAbsolute)
+        };
     };
     let path = uri.path();
     if path == "*" && method == Method::OPTIONS {
@@ -190,57 +196,60 @@ fn decoded(v: u8, cfg: &NormalizePathConfig) -> Result<Piece, PathError> {
     }
 }
 
-/// The full rewrite: decoding, dot segments, slash merging.
+/// The full rewrite: decoding, dot segments, slash merging. Works on bytes,
+/// so that a non-ASCII byte of the path is copied as it is.
 fn rewrite(path: &[u8], cfg: &NormalizePathConfig) -> Result<String, PathError> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(path.len());
-    out.push('/');
+    let mut out = Vec::with_capacity(path.len());
+    out.push(b'/');
     // Where the segment being written starts in `out` (just after a `/`).
     let mut seg = 1;
     // The leading `/` has been read.
     for piece in pieces(path, cfg).skip(1) {
         match piece? {
             Piece::Slash => end_segment(&mut out, &mut seg, true, cfg)?,
-            Piece::Byte(b) => out.push(char::from(b)),
+            Piece::Byte(b) => out.push(b),
             Piece::Escape(v) => {
-                out.push('%');
-                out.push(char::from(HEX[usize::from(v >> 4)]));
-                out.push(char::from(HEX[usize::from(v & 0xf)]));
+                out.push(b'%');
+                out.push(HEX[usize::from(v >> 4)]);
+                out.push(HEX[usize::from(v & 0xf)]);
             }
         }
     }
     end_segment(&mut out, &mut seg, false, cfg)?;
-    Ok(out)
+    // Whole segments are dropped, at `/` boundaries, and what is added is
+    // ASCII: the input's UTF-8 stays valid.
+    String::from_utf8(out).map_err(|_| PathError::BadEscape)
 }
 
 /// Settles the segment `out[*seg..]`, followed by a separator when `more`:
 /// drops `.`, pops the previous segment on `..`, merges empty segments.
 fn end_segment(
-    out: &mut String,
+    out: &mut Vec<u8>,
     seg: &mut usize,
     more: bool,
     cfg: &NormalizePathConfig,
 ) -> Result<(), PathError> {
-    let segment = out.get(*seg..).unwrap_or("");
-    let name = segment.split(';').next().unwrap_or("");
-    if (name == "." || name == "..") && name != segment {
+    let segment = out.get(*seg..).unwrap_or_default();
+    let name = segment.split(|&b| b == b';').next().unwrap_or_default();
+    if (name == b"." || name == b"..") && name != segment {
         return Err(PathError::DotParameter);
     }
     match segment {
         // `out` keeps its `/` before the dot: `/a/.` is `/a/`.
-        "." => out.truncate(*seg),
-        ".." => {
+        b"." => out.truncate(*seg),
+        b".." => {
             // Drop `..` and the `/` before it, then the previous segment,
             // keeping its leading `/`; at the root there is nothing to pop.
             out.truncate(seg.saturating_sub(1));
-            let keep = out.rfind('/').map_or(0, |i| i + 1);
+            let keep = out.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
             out.truncate(keep);
             if out.is_empty() {
-                out.push('/');
+                out.push(b'/');
             }
         }
-        "" if more && cfg.merge_slashes => {}
-        _ if more => out.push('/'),
+        b"" if more && cfg.merge_slashes => {}
+        _ if more => out.push(b'/'),
         _ => {}
     }
     *seg = out.len();
@@ -261,6 +270,26 @@ mod tests {
 
     fn norm(path: &str) -> Result<String, PathError> {
         normalize(path, &NormalizePathConfig::default()).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn non_ascii_bytes_are_kept_as_they_are() {
+        assert_eq!(norm("/caf\u{e9}//x").unwrap(), "/caf\u{e9}/x");
+        assert_eq!(norm("/\u{e9}/%41/./b").unwrap(), "/\u{e9}/A/b");
+        assert_eq!(norm("/\u{e9}/../x").unwrap(), "/x");
+    }
+
+    #[test]
+    fn authority_form_is_only_for_connect() {
+        let d = NormalizePathConfig::default();
+        let uri: Uri = "a.test:80".parse().unwrap();
+        assert_eq!(
+            normalize_uri(&Method::GET, &uri, &d),
+            Err(PathError::NotAbsolute)
+        );
+        assert_eq!(normalize_uri(&Method::CONNECT, &uri, &d), Ok(None));
+        let uri: Uri = "http://a.test".parse().unwrap();
+        assert_eq!(normalize_uri(&Method::GET, &uri, &d), Ok(None));
     }
 
     #[test]

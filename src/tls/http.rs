@@ -1,7 +1,7 @@
 //! The request side of TLS: the SNI/Host binding (421), client-certificate
 //! headers, HSTS, and the plain listener's redirect to HTTPS.
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
 use crate::config::RedirectHttps;
 use crate::error::{ErrorKind, ProxyError};
@@ -29,7 +29,7 @@ pub fn before_routing<B>(
     if tls.sni_host_binding
         && let Some(sni) = tls.sni.as_deref()
         && let Some(host) = request_host(req)
-        && !strip_port(host).eq_ignore_ascii_case(sni)
+        && !same_name(strip_port(host), sni)
     {
         // The client reused a connection made for another name (or fronts
         // one domain with another): the certificate it checked is not the
@@ -37,17 +37,48 @@ pub fn before_routing<B>(
         return Err(ProxyError::new(ErrorKind::Misdirected)
             .context(format!("host `{host}` on a connection for `{sni}`")));
     }
-    if tls.forward_client_cert {
+    // Client-sent copies are already gone (`strip_client_cert_headers`).
+    if tls.forward_client_cert
+        && let Some(cert) = &tls.client_cert
+    {
         let headers = req.headers_mut();
-        // A client must not be able to claim a certificate it did not show.
-        headers.remove(&CLIENT_CERT_SUBJECT);
-        headers.remove(&CLIENT_CERT_SAN);
-        if let Some(cert) = &tls.client_cert {
-            headers.insert(CLIENT_CERT_SUBJECT, cert.subject.clone());
-            headers.insert(CLIENT_CERT_SAN, cert.san.clone());
-        }
+        headers.insert(CLIENT_CERT_SUBJECT, cert.subject.clone());
+        headers.insert(CLIENT_CERT_SAN, cert.san.clone());
     }
     Ok(None)
+}
+
+/// Removes client-sent client-certificate headers, in any case and also
+/// spelt with `_` (which CGI-style servers read as the same variable): a
+/// client must not be able to claim a certificate it did not show, on any
+/// listener.
+pub fn strip_client_cert_headers(headers: &mut HeaderMap) {
+    headers.remove(&CLIENT_CERT_SUBJECT);
+    headers.remove(&CLIENT_CERT_SAN);
+    let lookalike = |name: &HeaderName| {
+        let n = name.as_str();
+        n.len() >= CLIENT_CERT_SAN.as_str().len()
+            && n.contains('_')
+            && [&CLIENT_CERT_SUBJECT, &CLIENT_CERT_SAN].iter().any(|h| {
+                h.as_str().len() == n.len()
+                    && h.as_str()
+                        .bytes()
+                        .zip(n.bytes())
+                        .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+            })
+    };
+    let found: Vec<HeaderName> = headers.keys().filter(|n| lookalike(n)).cloned().collect();
+    for name in found {
+        headers.remove(&name);
+    }
+}
+
+/// Whether a request's host names the SNI name: case-insensitive, and a
+/// fully qualified `a.test.` is the same name as `a.test`.
+fn same_name(host: &str, sni: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let sni = sni.strip_suffix('.').unwrap_or(sni);
+    host.eq_ignore_ascii_case(sni)
 }
 
 /// Adds `Strict-Transport-Security` to a response on an HSTS listener.
