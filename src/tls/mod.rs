@@ -12,7 +12,7 @@
 //! Relative certificate, key and CA paths are relative to the config file's
 //! folder.
 
-mod der;
+pub(crate) mod der;
 pub mod http;
 mod watch;
 
@@ -34,8 +34,11 @@ use crate::config::{CertificateConfig, ClientAuthMode, ListenerTls, TlsVersion, 
 
 pub use watch::watch;
 
+/// The error for `tls.acme` in a build without the `acme` feature.
+pub const ACME_NEEDS_FEATURE: &str = "`tls.acme` needs portico built with `--features acme`";
+
 /// The certificates of one listener, indexed by the DNS names of their SANs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct CertSet {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` is stored under `example.com`.
@@ -97,6 +100,10 @@ struct SniResolver(Arc<ArcSwap<CertSet>>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        #[cfg(feature = "acme")]
+        if let Some(challenge) = crate::acme::tls_alpn_challenge(&hello) {
+            return Some(challenge);
+        }
         // `None` makes rustls fail the handshake: that is `unknown_sni: refuse`.
         self.0.load().resolve(hello.server_name())
     }
@@ -121,6 +128,36 @@ pub struct TlsListener {
     /// Hash of the files' content last loaded, so that a touch or an
     /// unrelated file in the same folder does not reload.
     loaded: Mutex<u64>,
+    /// The certificates last loaded from the files, and the ones installed
+    /// by ACME: a file reload keeps the latter, an ACME issuance the former.
+    pairs: Mutex<Pairs>,
+}
+
+/// A certificate and the SAN names it serves.
+pub type Pair = (Arc<CertifiedKey>, Vec<String>);
+
+#[derive(Debug, Default)]
+struct Pairs {
+    files: Vec<Pair>,
+    acme: Vec<Pair>,
+}
+
+impl Pairs {
+    /// The live set: ACME certificates win their names over file ones; the
+    /// default (`unknown_sni: default`) is the first file certificate, else
+    /// the first ACME one.
+    fn set(&self, fallback_first: bool) -> CertSet {
+        let all: Vec<Pair> = self.acme.iter().chain(&self.files).cloned().collect();
+        let mut set = CertSet::new(all, false);
+        if fallback_first {
+            set.fallback = self
+                .files
+                .first()
+                .or(self.acme.first())
+                .map(|(k, _)| k.clone());
+        }
+        set
+    }
 }
 
 /// Resolves `path` against `base` (the config file's folder) when relative.
@@ -218,7 +255,7 @@ pub fn san_dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
 pub struct ClientCert {
     /// The subject, RFC 4514 style (`CN=client,O=Acme`).
     pub subject: HeaderValue,
-    /// The DNS and URI SANs, comma-separated.
+    /// The DNS and URI SANs, comma-separated (a comma inside a URI as `%2C`).
     pub san: HeaderValue,
 }
 
@@ -228,7 +265,13 @@ impl ClientCert {
     pub fn from_der(cert: &CertificateDer<'_>) -> Option<Self> {
         let ee = webpki::EndEntityCert::try_from(cert).ok()?;
         let subject = der::rfc4514(ee.subject())?;
-        let san: Vec<&str> = ee.valid_dns_names().chain(ee.valid_uri_names()).collect();
+        // A URI may hold a comma, the list's separator: it is percent-encoded
+        // so that one name cannot pass for two (DNS names have none).
+        let san: Vec<String> = ee
+            .valid_dns_names()
+            .map(str::to_owned)
+            .chain(ee.valid_uri_names().map(|u| u.replace(',', "%2C")))
+            .collect();
         Some(Self {
             subject: HeaderValue::from_str(&subject).ok()?,
             san: HeaderValue::from_str(&san.join(",")).ok()?,
@@ -261,12 +304,24 @@ impl TlsListener {
             .iter()
             .map(|c: &CertificateConfig| (resolve_path(base, &c.cert), resolve_path(base, &c.key)))
             .collect();
-        if sources.is_empty() {
+        if sources.is_empty() && cfg.acme.is_none() {
             return Err("`tls.certificates` is empty: give at least one `cert` and `key`".into());
         }
         let fallback_first = cfg.unknown_sni == UnknownSni::Default;
-        let set = load_set(&sources, fallback_first, &provider)?;
-        let certs = Arc::new(ArcSwap::from_pointee(set));
+        let pairs = Pairs {
+            files: load_pairs(&sources, &provider)?,
+            // A stored ACME certificate still valid serves at once.
+            #[cfg(feature = "acme")]
+            acme: cfg
+                .acme
+                .as_ref()
+                .and_then(|a| crate::acme::load_stored(a, base, &provider))
+                .into_iter()
+                .collect(),
+            #[cfg(not(feature = "acme"))]
+            acme: Vec::new(),
+        };
+        let certs = Arc::new(ArcSwap::from_pointee(pairs.set(fallback_first)));
         let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -297,6 +352,16 @@ impl TlsListener {
         };
         let mut server = builder.with_cert_resolver(Arc::new(SniResolver(certs.clone())));
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        #[cfg(feature = "acme")]
+        if cfg
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == crate::config::AcmeChallenge::TlsAlpn01)
+        {
+            server
+                .alpn_protocols
+                .push(crate::acme::ACME_TLS_ALPN.to_vec());
+        }
         let hsts = cfg.hsts.as_ref().map(|h| {
             let mut v = format!("max-age={}", h.max_age.0.as_secs());
             if h.include_subdomains {
@@ -319,7 +384,23 @@ impl TlsListener {
             fallback_first,
             provider,
             loaded,
+            pairs: Mutex::new(pairs),
         })
+    }
+
+    /// Serves `key` for `names` from the next handshake on, in place of the
+    /// ACME certificate installed before for the same names (if any).
+    pub fn install(&self, key: Arc<CertifiedKey>, names: Vec<String>) -> Result<(), String> {
+        let mut pairs = self.pairs.lock().map_err(|_| "certificate lock poisoned")?;
+        pairs.acme.retain(|(_, n)| *n != names);
+        pairs.acme.insert(0, (key, names));
+        self.certs.store(Arc::new(pairs.set(self.fallback_first)));
+        Ok(())
+    }
+
+    /// The crypto provider of the listener.
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
     }
 
     /// The certificate a handshake with `sni` would get.
@@ -346,11 +427,13 @@ impl TlsListener {
         if *loaded == now {
             return Ok(false);
         }
-        let set = load_set(&self.sources, self.fallback_first, &self.provider);
+        let files = load_pairs(&self.sources, &self.provider);
         // Remember the broken content too: it is reported once, not on
         // every event, and fixing the file changes the hash again.
         *loaded = now;
-        self.certs.store(Arc::new(set?));
+        let mut pairs = self.pairs.lock().map_err(|_| "certificate lock poisoned")?;
+        pairs.files = files?;
+        self.certs.store(Arc::new(pairs.set(self.fallback_first)));
         Ok(true)
     }
 
@@ -370,16 +453,14 @@ impl TlsListener {
     }
 }
 
-fn load_set(
+fn load_pairs(
     sources: &[(PathBuf, PathBuf)],
-    fallback_first: bool,
     provider: &CryptoProvider,
-) -> Result<CertSet, String> {
-    let pairs = sources
+) -> Result<Vec<Pair>, String> {
+    sources
         .iter()
         .map(|(c, k)| load_pair(c, k, provider))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(CertSet::new(pairs, fallback_first))
+        .collect()
 }
 
 /// A hash of the files' content (a missing file hashes as such).
