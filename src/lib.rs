@@ -3,6 +3,8 @@
 //! The module list is the architecture; `docs/architecture.md` draws the
 //! request path through it.
 
+#[cfg(feature = "acme")]
+pub mod acme;
 pub mod admin;
 pub mod config;
 pub mod error;

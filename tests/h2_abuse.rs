@@ -414,3 +414,150 @@ async fn a_window_overflow_gets_flow_control_error() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A raw HTTP/1.1 upstream: `/big` gets a 1 MiB body; `/slow` waits 4 s
+/// before its head, and 3 s more in the middle of its body. Counts the open
+/// connections that have served `/big`.
+async fn big_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let big_open = Arc::new(AtomicUsize::new(0));
+    let counter = big_open.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut served_big = false;
+                let mut buf = Vec::new();
+                'conn: loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    buf.drain(..head_end);
+                    let written = if head.starts_with("GET /slow") {
+                        tokio::time::sleep(Duration::from_secs(4)).await;
+                        let mut ok = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nslow")
+                            .await
+                            .is_ok();
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        ok &= s.write_all(b"-ok!").await.is_ok();
+                        ok
+                    } else {
+                        if !served_big {
+                            served_big = true;
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let body = vec![b'x'; 1 << 20];
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        s.write_all(head.as_bytes()).await.is_ok()
+                            && s.write_all(&body).await.is_ok()
+                    };
+                    if !written {
+                        break;
+                    }
+                }
+                if served_big {
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, big_open)
+}
+
+/// A client that opens streams with a zero flow-control window and never
+/// sends WINDOW_UPDATE: hyper never polls their bodies, so nothing times out
+/// on its own. The stall rule (`limits.send_timeout`) closes the connection
+/// and so frees the upstream connections; a slow upstream is not a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_zero_window_is_closed_and_frees_the_upstreams() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let _serial = SERIAL.lock().await;
+    let (up, big_open) = big_upstream().await;
+    let mut gw = Gateway::start(&format!(
+        r#"
+workers: 1
+admin: {{ address: "127.0.0.1:0" }}
+limits: {{ send_timeout: 2s }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ endpoints: ["{up}"] }}
+routes:
+  - {{ name: app, match: {{ prefix: / }}, upstream: app }}
+"#
+    ));
+    let addr = gw.addr("main");
+
+    // A well-behaved client of a slow upstream, meanwhile.
+    let slow = tokio::spawn(async move {
+        let started = Instant::now();
+        let reply = support::send_h2(addr, support::get("h.test", "/slow")).await;
+        (reply, started.elapsed())
+    });
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut out = h2frames::PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0
+    frame(&mut out, h2frames::SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    frame(&mut out, h2frames::SETTINGS, h2frames::ACK, 0, &[]);
+    let block = h2frames::get_block("h.test", "/big");
+    for i in 0..20u32 {
+        frame(
+            &mut out,
+            h2frames::HEADERS,
+            h2frames::END_STREAM | h2frames::END_HEADERS,
+            1 + 2 * i,
+            &block,
+        );
+    }
+    s.write_all(&out).await.unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(5);
+    while big_open.load(SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream saw {} connections",
+            big_open.load(SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let ended = h2frames::wait_end(&mut s, Duration::from_secs(2 + 3)).await;
+    assert_ne!(ended, Ended::Open, "the stalled connection is still open");
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after > Duration::from_millis(1500),
+        "closed too early: {closed_after:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while big_open.load(SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} upstream connections still held",
+            big_open.load(SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (reply, took) = slow.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(&reply.body[..], b"slow-ok!");
+    assert!(took >= Duration::from_secs(7), "{took:?}");
+}

@@ -346,3 +346,121 @@ async fn the_http2_stream_cap_is_advertised() {
     // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3.
     assert!(settings.contains(&(0x3, 7)), "{settings:?}");
 }
+
+#[tokio::test]
+async fn websocket_tunnels_hold_their_connection_slots() {
+    let echo = support::ws::echo().await;
+    let mut gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: main, address: "127.0.0.1:0", max_connections_per_ip: 2 }}]
+upstreams:
+  ws: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: ws, match: {{ prefix: / }}, upstream: ws }}
+"#,
+        echo.addr
+    ));
+    let addr = gw.addr("main");
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let (ws, resp) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await
+        .expect("handshake timed out")
+        .unwrap();
+        assert_eq!(resp.status(), 101);
+        tunnels.push(ws);
+    }
+    // Both tunnels still hold their client's slots: a third connection is refused.
+    let mut third = connect_from("127.0.0.1", addr).await;
+    assert!(
+        closed_unanswered(&mut third).await,
+        "a third connection was served while two tunnels were open"
+    );
+
+    // Closing a tunnel gives its slot back.
+    let mut first = tunnels.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await;
+        if let Ok(Ok((ws, resp))) = attempt {
+            assert_eq!(resp.status(), 101);
+            drop(ws);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot of the closed tunnel was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tunnels);
+}
+
+/// An h2c upstream behind a 1 KiB body limit and a 1 s body read timeout,
+/// ejected after one 5xx.
+fn h2c_body_limits_config(up: SocketAddr) -> String {
+    format!(
+        r#"
+limits: {{ max_body_size: 1KiB, body_read_timeout: 1s }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+upstreams:
+  up:
+    endpoints: ["{up}"]
+    protocol: h2c
+    timeouts: {{ request: 30s, idle: 30s }}
+    outlier_detection: {{ consecutive_5xx: 1, base_ejection_time: 10s, max_ejection_percent: 100 }}
+routes:
+  - {{ name: up, match: {{ prefix: / }}, upstream: up }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn client_body_faults_through_an_h2c_upstream_are_the_clients() {
+    let up = upstream::start(|seen| Response::new(Full::new(seen.body.clone()))).await;
+    let mut gw = Gateway::start(&h2c_body_limits_config(up.addr));
+    let addr = gw.addr("main");
+
+    // A chunked body over the limit: 413.
+    let mut s = raw::connect(addr).await;
+    s.write_all(b"POST /big HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("258\r\n{}\r\n", "y".repeat(600));
+    s.write_all(chunk.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = s.write_all(chunk.as_bytes()).await;
+    let r = raw::read_response(&mut s, false).await.unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("payload-too-large"), "{}", r.text());
+
+    // A body stalled past the read timeout: 408.
+    let mut s = raw::connect(addr).await;
+    s.write_all(b"POST /stall HTTP/1.1\r\nHost: h.test\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = raw::read_response(&mut s, false).await.unwrap();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(r.text().contains("request-timeout"), "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Neither counted against the endpoint: it is not ejected.
+    let r = get_path(addr, "/after").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        gw.count_log("request failed"),
+        0,
+        "client faults logged as warnings: {}",
+        gw.stderr()
+    );
+}

@@ -356,7 +356,9 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
-    /// Certificate chains and keys, chosen by SNI against their own SAN entries.
+    /// Certificate chains and keys, chosen by SNI against their own SAN
+    /// entries. May be empty when `acme` obtains the certificate.
+    #[serde(default)]
     pub certificates: Vec<CertificateConfig>,
     /// A handshake whose SNI names no certificate (or that has no SNI): served
     /// with the first certificate (`default`) or refused (`refuse`).
@@ -375,6 +377,50 @@ pub struct ListenerTls {
     /// `Strict-Transport-Security` added to responses.
     #[serde(default)]
     pub hsts: Option<HstsConfig>,
+    /// A certificate for `domains` obtained and renewed from an ACME CA
+    /// (needs portico built with `--features acme`).
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+}
+
+/// Certificates obtained and renewed automatically from an ACME CA (RFC 8555).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Contact address of the account.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The DNS names of the certificate (one certificate for all of them).
+    pub domains: Vec<String>,
+    /// Folder for the account credentials and the certificates and keys.
+    pub storage: String,
+    /// How the CA checks control of the domains.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// PEM file of a CA to trust for the directory (a test CA such as pebble).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Renew when this much of the certificate's life is left (default: at
+    /// two thirds of its life).
+    #[serde(default)]
+    pub renew_before: Option<Dur>,
+}
+
+/// The ACME challenge type.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AcmeChallenge {
+    /// `http-01`: the CA fetches `/.well-known/acme-challenge/<token>` on
+    /// port 80 from a plain listener of this gateway.
+    #[default]
+    #[serde(rename = "http_01")]
+    Http01,
+    /// `tls-alpn-01`: the CA connects with ALPN `acme-tls/1` to port 443 of
+    /// this listener.
+    #[serde(rename = "tls_alpn_01")]
+    TlsAlpn01,
 }
 
 /// A certificate chain and its private key, PEM files.

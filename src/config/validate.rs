@@ -230,7 +230,10 @@ impl Validator<'_> {
         for l in &cfg.listeners {
             let name = l.name.value.as_str();
             if let Some(tls) = &l.tls {
-                if tls.value.certificates.is_empty() {
+                for problem in acme_problems(&tls.value) {
+                    self.at(tls, format!("listener `{name}`: {problem}"));
+                }
+                if tls.value.certificates.is_empty() && tls.value.acme.is_none() {
                     self.at(
                         tls,
                         format!(
@@ -662,6 +665,20 @@ fn hidden_header_problems(names: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// What is wrong with `tls.acme`: without the `acme` feature, its presence.
+fn acme_problems(tls: &super::schema::ListenerTls) -> Vec<String> {
+    let Some(acme) = &tls.acme else {
+        return Vec::new();
+    };
+    #[cfg(not(feature = "acme"))]
+    {
+        let _ = acme;
+        vec![crate::tls::ACME_NEEDS_FEATURE.to_owned()]
+    }
+    #[cfg(feature = "acme")]
+    crate::acme::config_problems(acme)
+}
+
 /// What is wrong with `tracing`: the sample ratio, and span export, which
 /// needs the `otel` feature.
 fn tracing_problems(t: &super::schema::TracingConfig) -> Vec<String> {
@@ -845,6 +862,37 @@ routes:
         match load_str_with(text, "t.yaml", |_| None) {
             Ok(_) => Vec::new(),
             Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn acme_needs_its_feature_and_valid_domains() {
+        let text = "\
+listeners:
+  - name: main
+    address: 127.0.0.1:8443
+    tls:
+      acme: { directory: \"https://ca.test/dir\", domains: [DOMAIN], storage: acme }
+upstreams:
+  api:
+    endpoints: [10.0.0.1:80]
+routes:
+  - name: r
+    upstream: api
+";
+        let good = errors(&text.replace("DOMAIN", "a.test"));
+        let bad = errors(&text.replace("DOMAIN", "\"*.a.test\""));
+        #[cfg(not(feature = "acme"))]
+        {
+            assert_eq!(good.len(), 1, "{good:#?}");
+            assert!(good[0].to_string().contains("--features acme"), "{good:#?}");
+            assert_eq!(bad.len(), 1, "{bad:#?}");
+        }
+        #[cfg(feature = "acme")]
+        {
+            assert!(good.is_empty(), "{good:#?}");
+            assert_eq!(bad.len(), 1, "{bad:#?}");
+            assert!(bad[0].to_string().contains("wildcards"), "{bad:#?}");
         }
     }
 

@@ -6,7 +6,7 @@
 //! log line is written. That is how logging always runs, for early answers too.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,6 +32,47 @@ pub struct IdleTimeout(pub Duration);
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
+
+/// A client's fault that failed its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// Over the route's `max_body_size` ([`BodyTooLarge`]).
+    TooLarge = 1,
+    /// Stalled past `limits.body_read_timeout` ([`IdleTimeout`]).
+    Stalled = 2,
+    /// Reading it failed (a reset, malformed chunking).
+    Failed = 3,
+}
+
+/// Where a request body records a [`ClientFault`], for the sender to read
+/// after a failed exchange: hyper's HTTP/2 client turns a body's error into
+/// a stream reset, which no longer carries the error itself. Allocated only
+/// for bodies that are not empty.
+#[derive(Clone, Default)]
+pub struct FaultSlot(Option<Arc<AtomicU8>>);
+
+impl FaultSlot {
+    fn new() -> Self {
+        Self(Some(Arc::new(AtomicU8::new(0))))
+    }
+
+    /// Records `fault`, unless one is recorded already.
+    fn set(&self, fault: ClientFault) {
+        if let Some(s) = &self.0 {
+            let _ = s.compare_exchange(0, fault as u8, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// The fault recorded, if any.
+    pub fn get(&self) -> Option<ClientFault> {
+        match self.0.as_ref()?.load(Ordering::Acquire) {
+            1 => Some(ClientFault::TooLarge),
+            2 => Some(ClientFault::Stalled),
+            3 => Some(ClientFault::Failed),
+            _ => None,
+        }
+    }
+}
 
 /// Adds `frame`'s data to `read`; true once `read` is over `max` (0: no limit).
 fn over_limit(read: &mut u64, max: u64, frame: &Frame<Bytes>) -> bool {
@@ -96,6 +137,8 @@ pub struct RequestBody {
     /// Largest body allowed (0: no limit); a `Replay` source counts in its `Tee`.
     max: u64,
     read: u64,
+    /// Where a client fault is recorded.
+    fault: FaultSlot,
 }
 
 enum Source {
@@ -125,6 +168,7 @@ impl RequestBody {
             idle: IdleTimer::new(idle),
             max,
             read: 0,
+            fault: FaultSlot::new(),
         }
     }
 
@@ -136,7 +180,13 @@ impl RequestBody {
             idle: IdleTimer::new(Duration::ZERO),
             max: 0,
             read: 0,
+            fault: FaultSlot::default(),
         }
+    }
+
+    /// Where this body records a client fault (shared by a body's attempts).
+    pub fn fault(&self) -> FaultSlot {
+        self.fault.clone()
     }
 }
 
@@ -147,6 +197,7 @@ pub struct Replayable {
     tee: Arc<Mutex<Tee>>,
     hint: SizeHint,
     counter: Option<Arc<AtomicU64>>,
+    fault: FaultSlot,
 }
 
 struct Tee {
@@ -186,6 +237,11 @@ impl Replayable {
     pub fn new(inner: Incoming, cap: usize, counter: Option<Arc<AtomicU64>>, max: u64) -> Self {
         let hint = inner.size_hint();
         let source = (!inner.is_end_stream()).then_some(inner);
+        let fault = if source.is_some() {
+            FaultSlot::new()
+        } else {
+            FaultSlot::default()
+        };
         Self {
             tee: Arc::new(Mutex::new(Tee {
                 source,
@@ -200,6 +256,7 @@ impl Replayable {
             })),
             hint,
             counter,
+            fault,
         }
     }
 
@@ -223,6 +280,7 @@ impl Replayable {
             // Counted in the tee, once for all attempts.
             max: 0,
             read: 0,
+            fault: self.fault.clone(),
         })
     }
 }
@@ -254,6 +312,7 @@ impl Body for RequestBody {
                     Poll::Ready(Some(Ok(f))) if over_limit(&mut this.read, this.max, f) => {
                         // Dropping the client's body stops reading it.
                         this.source = Source::None;
+                        this.fault.set(ClientFault::TooLarge);
                         return Poll::Ready(Some(Err(BodyTooLarge(this.max).into())));
                     }
                     _ => {}
@@ -271,6 +330,7 @@ impl Body for RequestBody {
                     return Poll::Ready(Some(Err(Superseded.into())));
                 }
                 if tee.too_large {
+                    this.fault.set(ClientFault::TooLarge);
                     return Poll::Ready(Some(Err(BodyTooLarge(tee.max).into())));
                 }
                 if let Some(r) = tee.recorded.get(*pos) {
@@ -288,6 +348,7 @@ impl Body for RequestBody {
                         tee.too_large = true;
                         tee.source = None;
                         tee.recorded = Vec::new();
+                        this.fault.set(ClientFault::TooLarge);
                         return Poll::Ready(Some(Err(BodyTooLarge(max).into())));
                     }
                 }
@@ -322,10 +383,14 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.fault.set(ClientFault::Failed);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.idle.poll_expired(cx) {
+                    this.fault.set(ClientFault::Stalled);
                     return Poll::Ready(Some(Err(IdleTimeout(this.idle.timeout).into())));
                 }
                 Poll::Pending

@@ -203,8 +203,12 @@ pub async fn forward(
         let (parts, _) = upstream_resp.into_parts();
         lease.detach();
         let active = crate::server::conn::Active::track(&ctx.conn.active);
+        // The tunnel keeps the client's socket: it keeps the connection's
+        // slots under the listener's caps too.
+        let slots = ctx.conn.slots.clone();
         tokio::spawn(async move {
             let _active = active;
+            let _slots = slots;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);

@@ -28,8 +28,8 @@ pub struct Place {
     pub listener: Arc<str>,
     /// The worker that accepted it.
     pub worker: usize,
-    /// The listener's open connections gauge.
-    pub connections: Gauge,
+    /// The connection's slots under the listener's caps and in its gauge.
+    pub slots: Arc<Slots>,
 }
 
 /// Serves `stream` until it closes, or closes it gracefully when `drain` fires.
@@ -40,7 +40,6 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) {
     let _active = Active::track(&shared.active);
-    let _open = OpenConnection::new(place.connections.clone());
     let gw = shared.current.load_full();
     let limits = &gw.config.limits;
     // hyper's header read timeout starts with the first byte, and protocol
@@ -121,6 +120,7 @@ async fn serve_http<S>(
         active: shared.active.clone(),
         tls: parts.tls,
         redirect_https: parts.redirect_https,
+        slots: place.slots,
     });
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new());
@@ -147,6 +147,7 @@ async fn serve_http<S>(
         b
     };
     let idle = limits::IdleClock::new(Arc::new(limits::InFlight::default()), limits.idle_timeout.0);
+    let mut stalls = limits::StallWatch::new(idle.in_flight(), limits.send_timeout.0);
     drop(gw);
     let listener = info.listener.clone();
     let svc_shared = shared.clone();
@@ -176,36 +177,61 @@ async fn serve_http<S>(
     let mut idle = idle;
     let ended = std::future::poll_fn(|cx| {
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Some(res));
+            return Poll::Ready(Ended::Closed(res));
         }
         if idle.poll_expired(cx) {
             // Idle past `limits.idle_timeout`: HTTP/1.1 closes now, HTTP/2
             // sends GOAWAY; either way the connection future then ends.
             conn.as_mut().graceful_shutdown();
             if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Some(res));
+                return Poll::Ready(Ended::Closed(res));
             }
+        }
+        if stalls.poll_stalled(cx) {
+            return Poll::Ready(Ended::Stalled);
         }
         if !registered || signal.has_changed().unwrap_or(true) {
             registered = true;
             if drained.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+                return Poll::Ready(Ended::Drain);
             }
         }
         Poll::Pending
     })
     .await;
-    if let Some(res) = ended {
-        if let Err(e) = res {
+    match ended {
+        Ended::Closed(Err(e)) => {
             count_abuse(&shared, &listener, &*e);
             tracing::debug!(error = %e, "client connection ended with an error");
+            return;
         }
-        return;
+        Ended::Closed(Ok(())) => return,
+        Ended::Stalled => {
+            // An HTTP/2 client takes no data of a response: no graceful
+            // GOAWAY (it would wait on the stuck streams). Dropping the
+            // connection drops its streams, their bodies and upstream leases.
+            tracing::debug!(
+                listener = &*listener,
+                "client connection closed: a response stalled past limits.send_timeout"
+            );
+            return;
+        }
+        Ended::Drain => {}
     }
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "client connection ended with an error while draining");
     }
+}
+
+/// How the wait on a client connection ended.
+enum Ended<E> {
+    /// The connection future finished.
+    Closed(Result<(), E>),
+    /// A response stalled (see [`limits::StallWatch`]): close at once.
+    Stalled,
+    /// The drain signal fired.
+    Drain,
 }
 
 /// Streams a client may reset before the server accepts them, over the
@@ -228,6 +254,31 @@ fn count_abuse(shared: &Shared, listener: &str, e: &(dyn std::error::Error + 'st
             .metrics
             .listener_aborted(listener, reason)
             .inc();
+    }
+}
+
+/// A connection's slot under the listener's `max_connections` and
+/// `max_connections_per_ip`, and its count in the listener's open connections
+/// gauge. Shared with a WebSocket tunnel the connection's socket is handed
+/// to, so that both are given back only when the socket closes.
+pub struct Slots {
+    _permit: limits::Permit,
+    _open: OpenConnection,
+}
+
+impl Slots {
+    /// Holds `permit` and counts one connection on `gauge` until dropped.
+    pub fn new(permit: limits::Permit, gauge: Gauge) -> Self {
+        Self {
+            _permit: permit,
+            _open: OpenConnection::new(gauge),
+        }
+    }
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slots")
     }
 }
 

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
@@ -147,17 +147,29 @@ pub struct InFlight {
     /// The connection task, woken when an HTTP/2 stream (its own task) ends
     /// the last request.
     waker: Mutex<Option<Waker>>,
+    /// Set by the first HTTP/2 request: the stall watch runs from then on.
+    h2: AtomicBool,
+    /// The HTTP/2 requests' stall slots.
+    stalls: Stalls,
 }
 
 impl InFlight {
     /// Counts one request until the guard drops. `other_task`: the request
     /// runs outside the connection's task (HTTP/2 streams), which must then
-    /// be woken to start the idle clock.
+    /// be woken to start the idle clock; such a request also gets a stall
+    /// slot (see [`StallWatch`]).
     pub fn enter(self: &Arc<Self>, other_task: bool) -> InFlightGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
+        let slot = other_task.then(|| {
+            if !self.h2.load(Ordering::Relaxed) {
+                self.h2.store(true, Ordering::Relaxed);
+            }
+            self.stalls.claim()
+        });
         InFlightGuard {
             of: self.clone(),
             wake: other_task,
+            slot,
         }
     }
 }
@@ -166,10 +178,15 @@ impl InFlight {
 pub struct InFlightGuard {
     of: Arc<InFlight>,
     wake: bool,
+    /// HTTP/2: the request's stall slot and its index.
+    slot: Option<(usize, Arc<Slot>)>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        if let Some((index, slot)) = self.slot.take() {
+            self.of.stalls.release(index, &slot);
+        }
         if self.of.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.of.idle_periods.fetch_add(1, Ordering::AcqRel);
             // An HTTP/1 response ends inside the connection's own poll, which
@@ -189,17 +206,160 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// A slot's state: free.
+const FREE: u64 = 0;
+/// A slot's state: the response head is not there yet.
+const HEAD: u64 = 1;
+/// A slot's state: the body was polled and waits for its source (a slow
+/// upstream is not a stalled client).
+const SOURCE: u64 = 2;
+/// States from here on: the body waits for the server to poll it since
+/// `state - WAITING` ms on the connection's clock.
+const WAITING: u64 = 3;
+
+/// The connection's coarse clock: milliseconds since the connection began,
+/// advanced by the [`StallWatch`] while requests are in flight, so that a body
+/// poll costs an atomic load rather than a clock read.
+struct Clock {
+    base: std::time::Instant,
+    now_ms: AtomicU64,
+}
+
+impl Clock {
+    fn advance(&self) -> u64 {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
+        self.now_ms.store(ms, Ordering::Relaxed);
+        ms
+    }
+
+    fn waiting(&self) -> u64 {
+        self.now_ms.load(Ordering::Relaxed) + WAITING
+    }
+}
+
+/// One HTTP/2 request's stall state. It is also the waker its response body
+/// is polled with: a wake-up from the body's source means data is ready, and
+/// from then on the body waits for the server.
+struct Slot {
+    state: AtomicU64,
+    clock: Arc<Clock>,
+    /// The waker of the task polling the body (hyper's stream task).
+    outer: Mutex<Option<Waker>>,
+}
+
+impl Slot {
+    fn register(&self, waker: &Waker) {
+        let mut outer = self.outer.lock().unwrap_or_else(PoisonError::into_inner);
+        if !outer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *outer = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for Slot {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.state.compare_exchange(
+            SOURCE,
+            self.clock.waiting(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if let Some(w) = self
+            .outer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// A connection's stall slots: allocated as the number of concurrent HTTP/2
+/// requests grows (it is bounded by `max_concurrent_streams`, give or take
+/// streams being torn down), then reused.
+struct Stalls {
+    clock: Arc<Clock>,
+    slots: Mutex<SlotTable>,
+}
+
+#[derive(Default)]
+struct SlotTable {
+    all: Vec<Arc<Slot>>,
+    free: Vec<usize>,
+}
+
+impl Default for Stalls {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(Clock {
+                base: std::time::Instant::now(),
+                now_ms: AtomicU64::new(0),
+            }),
+            slots: Mutex::default(),
+        }
+    }
+}
+
+impl Stalls {
+    fn table(&self) -> std::sync::MutexGuard<'_, SlotTable> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn claim(&self) -> (usize, Arc<Slot>) {
+        let mut t = self.table();
+        let index = match t.free.pop() {
+            Some(i) => i,
+            None => {
+                t.all.push(Arc::new(Slot {
+                    state: AtomicU64::new(FREE),
+                    clock: self.clock.clone(),
+                    outer: Mutex::new(None),
+                }));
+                t.all.len() - 1
+            }
+        };
+        let slot = t.all[index].clone();
+        slot.state.store(HEAD, Ordering::Relaxed);
+        (index, slot)
+    }
+
+    fn release(&self, index: usize, slot: &Slot) {
+        slot.state.store(FREE, Ordering::Relaxed);
+        drop(
+            slot.outer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        self.table().free.push(index);
+    }
+}
+
 /// A response body that keeps its request counted in flight until it is done.
+/// Over HTTP/2 it also records when it waits for the server to poll it.
 pub struct Tracked<B> {
     inner: B,
+    /// HTTP/2: the slot, and the same as a waker for `inner`.
+    stall: Option<(Arc<Slot>, Waker)>,
     _guard: InFlightGuard,
 }
 
 impl<B> Tracked<B> {
     /// Wraps `inner`, holding `guard` as long as it lives.
     pub fn new(inner: B, guard: InFlightGuard) -> Self {
+        let stall = guard.slot.as_ref().map(|(_, slot)| {
+            // The response is handed to the server: it is to poll it now.
+            slot.state.store(slot.clock.waiting(), Ordering::Relaxed);
+            (slot.clone(), Waker::from(slot.clone()))
+        });
         Self {
             inner,
+            stall,
             _guard: guard,
         }
     }
@@ -213,7 +373,19 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let Some((slot, waker)) = &this.stall else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        // Asked for data: the body now waits for its source, until it has a
+        // frame (or its source wakes it), and then for the server again.
+        slot.register(cx.waker());
+        slot.state.store(SOURCE, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(waker));
+        if polled.is_ready() {
+            slot.state.store(slot.clock.waiting(), Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -222,6 +394,89 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How often the [`StallWatch`] looks, and so its precision.
+const STALL_TICK: Duration = Duration::from_millis(500);
+
+/// Fires when an HTTP/2 response body has waited for the server to poll it
+/// (the client takes none of its data: no flow-control window) for longer
+/// than the send timeout. hyper does not poll such a body at all, so neither
+/// the upstream's idle timeout (in the body) nor the send timeout (on socket
+/// writes) nor the idle timeout (the request is in flight) would ever end it.
+/// HTTP/1 needs no watch: its body is polled and the socket write blocks.
+pub struct StallWatch {
+    of: Arc<InFlight>,
+    timeout_ms: u64,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Requests have been in flight since this time on the clock.
+    active_since: Option<u64>,
+}
+
+impl StallWatch {
+    /// A watch on `of`; `Duration::ZERO` never fires.
+    pub fn new(of: Arc<InFlight>, timeout: Duration) -> Self {
+        Self {
+            of,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 4),
+            sleep: None,
+            active_since: None,
+        }
+    }
+
+    /// True when a response has stalled. Costs two atomic loads while no
+    /// HTTP/2 request is in flight; otherwise wakes the task every tick.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timeout_ms == 0
+            || !self.of.h2.load(Ordering::Relaxed)
+            || self.of.count.load(Ordering::Acquire) == 0
+        {
+            self.active_since = None;
+            return false;
+        }
+        let clock = &self.of.stalls.clock;
+        let since = match self.active_since {
+            Some(t) => t,
+            None => {
+                // The clock may be stale from an earlier busy period: stamps
+                // older than now count from now.
+                let now = clock.advance();
+                self.active_since = Some(now);
+                self.arm(cx);
+                return false;
+            }
+        };
+        let Some(sleep) = &mut self.sleep else {
+            self.arm(cx);
+            return false;
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let now = clock.advance();
+        self.arm(cx);
+        // Stamps lag the clock by up to a tick.
+        let bound = self
+            .timeout_ms
+            .saturating_add(u64::try_from(STALL_TICK.as_millis()).unwrap_or(0));
+        self.of.stalls.table().all.iter().any(|slot| {
+            let state = slot.state.load(Ordering::Relaxed);
+            state >= WAITING && now.saturating_sub((state - WAITING).max(since)) > bound
+        })
+    }
+
+    fn arm(&mut self, cx: &mut Context<'_>) {
+        let deadline = Instant::now() + STALL_TICK;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                s.as_mut().reset(deadline);
+                s
+            }
+            slot => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        // Registers the waker; a tick never elapses this early.
+        let _ = sleep.as_mut().poll(cx);
     }
 }
 

@@ -150,6 +150,8 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         tracing::info!(workers, "portico started");
         tokio::spawn(reloads);
         tokio::spawn(crate::tls::watch(shared.clone()));
+        #[cfg(feature = "acme")]
+        tokio::spawn(crate::acme::run(shared.clone()));
         tokio::spawn(maintain(shared.clone()));
         let snapshot = shared.clone();
         tokio::spawn(crate::upstream::health::supervise(move || {
@@ -309,14 +311,11 @@ async fn accept_loop(
                         peer,
                         listener: name.clone(),
                         worker,
-                        connections: connections.clone(),
+                        // Held while the connection is served, and by a
+                        // WebSocket tunnel it turns into.
+                        slots: Arc::new(conn::Slots::new(permit, connections.clone())),
                     };
-                    let serving = conn::serve(stream, place, shared.clone(), conn_drain.clone());
-                    tokio::spawn(async move {
-                        // Holds the connection's slots until it is served.
-                        let _permit = permit;
-                        serving.await;
-                    });
+                    tokio::spawn(conn::serve(stream, place, shared.clone(), conn_drain.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -24,7 +24,7 @@ use super::outlier::Outcome;
 use super::state::{Cap, Held};
 use crate::config::{BalanceConfig, PoolConfig, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError, Retry};
-use crate::proxy::body::RequestBody;
+use crate::proxy::body::{ClientFault, RequestBody};
 
 struct Idle {
     tx: http1::SendRequest<RequestBody>,
@@ -190,7 +190,16 @@ pub async fn send(
 ) -> Result<Sent, ProxyError> {
     let lease = Lease::begin(upstream, worker, endpoint)?;
     let started = Instant::now();
-    let result = exchange(upstream, lease, req, limit).await;
+    let fault = req.body().fault();
+    let mut result = exchange(upstream, lease, req, limit).await;
+    if let Err(e) = &mut result
+        && let Some(f) = fault.get()
+    {
+        // The client's body failed the exchange, whatever hyper made of it
+        // (HTTP/2 turns it into a stream reset): the client's fault, never
+        // retried, and nothing against the endpoint.
+        *e = client_fault(f, e);
+    }
     let outcome = match &result {
         Ok(sent) => {
             let rtt = started.elapsed();
@@ -484,6 +493,19 @@ where
         }
     });
     Ok(tx)
+}
+
+/// The error for an exchange failed by the client's body.
+fn client_fault(fault: ClientFault, e: &ProxyError) -> ProxyError {
+    let kind = match fault {
+        ClientFault::TooLarge => ErrorKind::PayloadTooLarge,
+        ClientFault::Stalled => ErrorKind::RequestTimeout,
+        ClientFault::Failed => ErrorKind::ClientFailed,
+    };
+    let mut err = ProxyError::new(kind);
+    err.retry = Retry::Never;
+    err.context = e.context.clone();
+    err
 }
 
 fn upstream_failed(e: hyper::Error) -> ProxyError {
