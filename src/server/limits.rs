@@ -604,6 +604,63 @@ mod tests {
         assert!(caps.per_ip.iter().all(|s| s.lock().unwrap().is_empty()));
     }
 
+    /// A body whose source is ready only when `ready` is set.
+    struct Source {
+        ready: bool,
+        waker: Option<Waker>,
+    }
+
+    impl Body for Source {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            if self.ready {
+                return Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::from_static(b"x")))));
+            }
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_body_waits_for_the_server_unless_it_waits_for_its_source() {
+        let of = Arc::new(InFlight::default());
+        let guard = of.enter(true);
+        let slot = guard.slot.as_ref().unwrap().1.clone();
+        assert_eq!(slot.state.load(Ordering::Relaxed), HEAD);
+        let mut body = Tracked::new(
+            Source {
+                ready: false,
+                waker: None,
+            },
+            guard,
+        );
+        // Handed to the server: waiting for it.
+        assert!(slot.state.load(Ordering::Relaxed) >= WAITING);
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(cx).is_pending());
+        // Polled, and its source has nothing: not the client's doing.
+        assert_eq!(slot.state.load(Ordering::Relaxed), SOURCE);
+        // The source has data: waiting for the server again.
+        body.inner.waker.take().unwrap().wake();
+        assert!(slot.state.load(Ordering::Relaxed) >= WAITING);
+        body.inner.ready = true;
+        assert!(Pin::new(&mut body).poll_frame(cx).is_ready());
+        assert!(slot.state.load(Ordering::Relaxed) >= WAITING);
+        drop(body);
+        assert_eq!(slot.state.load(Ordering::Relaxed), FREE);
+        assert_eq!(of.count.load(Ordering::Relaxed), 0);
+        // The slot is reused.
+        let again = of.enter(true);
+        assert!(Arc::ptr_eq(&again.slot.as_ref().unwrap().1, &slot));
+        // HTTP/1 requests get none.
+        assert!(of.enter(false).slot.is_none());
+    }
+
     #[test]
     fn the_ip_table_is_bounded() {
         let caps = Arc::new(ConnCaps::default());
