@@ -19,9 +19,10 @@ use tokio::time::{Instant, Sleep};
 
 /// Shards of the per-IP map: accepts on different workers rarely share a lock.
 const SHARDS: usize = 16;
-/// Client IPs tracked at once per shard; a new IP beyond is refused, so a
-/// flood from many addresses cannot grow the map without bound.
-const IPS_PER_SHARD: usize = 4096;
+/// Clients tracked at once per shard (about 260,000 in all, a few MiB); a new
+/// one beyond is refused, so a flood from many addresses cannot grow the map
+/// without bound.
+const IPS_PER_SHARD: usize = 16_384;
 
 /// Why a connection was refused at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,9 @@ impl Refusal {
 pub struct ConnCaps {
     total: AtomicUsize,
     per_ip: Box<[Mutex<HashMap<IpAddr, usize>>]>,
+    /// Keyed per process, so that clients cannot choose addresses that all
+    /// land in one shard and fill it.
+    spread: std::hash::RandomState,
 }
 
 impl Default for ConnCaps {
@@ -59,7 +63,20 @@ impl Default for ConnCaps {
         Self {
             total: AtomicUsize::new(0),
             per_ip: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            spread: std::hash::RandomState::new(),
         }
+    }
+}
+
+/// The client a per-IP cap counts: an IPv4 address, or an IPv6 /64 (one
+/// host is routinely given a whole /64, so its addresses are one client).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -82,6 +99,7 @@ impl ConnCaps {
             ip: None,
         };
         if max_per_ip != 0 {
+            let ip = client_key(ip);
             let mut shard = self.shard(ip);
             let full = shard.len() >= IPS_PER_SHARD;
             match shard.get_mut(&ip) {
@@ -103,12 +121,9 @@ impl ConnCaps {
     }
 
     fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        // The low bits of the address spread neighbouring clients over shards.
-        let low = match ip {
-            IpAddr::V4(v4) => usize::from(v4.octets()[3]),
-            IpAddr::V6(v6) => usize::from(v6.octets()[15]) ^ usize::from(v6.octets()[7]),
-        };
-        self.per_ip[low % SHARDS]
+        use std::hash::BuildHasher;
+        let index = self.spread.hash_one(ip) as usize % SHARDS;
+        self.per_ip[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -604,6 +619,21 @@ mod tests {
         assert!(caps.per_ip.iter().all(|s| s.lock().unwrap().is_empty()));
     }
 
+    #[test]
+    fn an_ipv6_slash_64_is_one_client_and_mapped_ipv4_is_ipv4() {
+        let caps = Arc::new(ConnCaps::default());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _p1 = caps.admit(a, 0, 1).unwrap();
+        assert_eq!(caps.admit(b, 0, 1).err(), Some(Refusal::PerIp));
+        let _p2 = caps.admit(other, 0, 1).unwrap();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let _p3 = caps.admit(v4, 0, 1).unwrap();
+        assert_eq!(caps.admit(mapped, 0, 1).err(), Some(Refusal::PerIp));
+    }
+
     /// A body whose source is ready only when `ready` is set.
     struct Source {
         ready: bool,
@@ -665,13 +695,23 @@ mod tests {
     fn the_ip_table_is_bounded() {
         let caps = Arc::new(ConnCaps::default());
         let mut held = Vec::new();
-        // Addresses whose last octet is 0 all land in one shard.
-        for i in 0..IPS_PER_SHARD {
-            let ip = IpAddr::from([10, (i >> 8) as u8, i as u8, 0]);
-            held.push(caps.admit(ip, 0, 1).unwrap());
+        let mut refused = None;
+        for i in 0..=(SHARDS * IPS_PER_SHARD) as u32 {
+            match caps.admit(
+                IpAddr::from(std::net::Ipv4Addr::from((10u32 << 24) | i)),
+                0,
+                1,
+            ) {
+                Ok(p) => held.push(p),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
         }
-        let one_more = IpAddr::from([11, 0, 0, 0]);
-        assert_eq!(caps.admit(one_more, 0, 1).err(), Some(Refusal::IpTableFull));
-        assert!(caps.admit(IpAddr::from([11, 0, 0, 1]), 0, 1).is_ok());
+        // Some shard fills first: never before it holds its share.
+        assert_eq!(refused, Some(Refusal::IpTableFull));
+        assert!(held.len() >= IPS_PER_SHARD, "{}", held.len());
+        assert!(held.len() <= SHARDS * IPS_PER_SHARD);
     }
 }
