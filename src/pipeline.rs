@@ -298,14 +298,8 @@ fn find_route<'g>(
         .router(&ctx.conn.listener)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute).context("listener has no routes"))?;
     let raw_host = request_host(req).unwrap_or("");
-    let host = strip_port(raw_host);
-    let lowered;
-    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        lowered = host.to_ascii_lowercase();
-        lowered.as_str()
-    } else {
-        host
-    };
+    let host = crate::routing::host_key(strip_port(raw_host));
+    let host = host.as_ref();
     let found = router
         .find(&RouteRequest {
             host,

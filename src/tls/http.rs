@@ -76,9 +76,7 @@ pub fn strip_client_cert_headers(headers: &mut HeaderMap) {
 /// Whether a request's host names the SNI name: case-insensitive, and a
 /// fully qualified `a.test.` is the same name as `a.test`.
 fn same_name(host: &str, sni: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let sni = sni.strip_suffix('.').unwrap_or(sni);
-    host.eq_ignore_ascii_case(sni)
+    crate::routing::host_key(host) == crate::routing::host_key(sni)
 }
 
 /// Adds `Strict-Transport-Security` to a response on an HSTS listener.

@@ -72,14 +72,8 @@ impl CertSet {
     /// covers exactly one label, then the default (if any).
     pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         sni.and_then(|name| {
-            let lowered;
-            let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                lowered = name.to_ascii_lowercase();
-                lowered.as_str()
-            } else {
-                name
-            };
-            let name = name.strip_suffix('.').unwrap_or(name);
+            let name = crate::routing::host_key(name);
+            let name = name.as_ref();
             self.exact.get(name).or_else(|| {
                 let (label, parent) = name.split_once('.')?;
                 if label.is_empty() {
