@@ -58,6 +58,16 @@ pub enum ErrorKind {
     Misdirected,
     /// A circuit-breaker cap of the upstream is reached.
     Overloaded,
+    /// No valid credential (RFC 9110 §15.5.2: with `WWW-Authenticate`).
+    Unauthorized,
+    /// A known caller without the right, or a refused client address.
+    Forbidden,
+    /// A rate or concurrency limit is reached (with `Retry-After`).
+    RateLimited,
+    /// A rate limit's store failed and the limit fails closed.
+    LimiterUnavailable,
+    /// A credential could not be checked: no key set or introspection answer.
+    AuthUnavailable,
     /// An internal failure.
     Internal,
 }
@@ -73,7 +83,13 @@ impl ErrorKind {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            Self::NoEndpoint | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoEndpoint
+            | Self::Overloaded
+            | Self::LimiterUnavailable
+            | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -90,12 +106,19 @@ impl ErrorKind {
             | Self::ClientFailed
             | Self::RequestTimeout
             | Self::PayloadTooLarge
-            | Self::Misdirected => Side::Client,
+            | Self::Misdirected
+            | Self::Unauthorized
+            | Self::Forbidden
+            | Self::RateLimited => Side::Client,
             Self::ConnectFailed
             | Self::ConnectTimeout
             | Self::UpstreamTimeout
             | Self::UpstreamFailed => Side::Upstream,
-            Self::NoEndpoint | Self::Overloaded | Self::Internal => Side::Gateway,
+            Self::NoEndpoint
+            | Self::Overloaded
+            | Self::Internal
+            | Self::LimiterUnavailable
+            | Self::AuthUnavailable => Side::Gateway,
         }
     }
 
@@ -116,6 +139,11 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload-too-large",
             Self::Misdirected => "misdirected-request",
             Self::Overloaded => "upstream-overloaded",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate-limited",
+            Self::LimiterUnavailable => "rate-limiter-unavailable",
+            Self::AuthUnavailable => "auth-unavailable",
             Self::Internal => "internal",
         }
     }
@@ -137,6 +165,11 @@ impl ErrorKind {
             Self::PayloadTooLarge => "Request body too large",
             Self::Misdirected => "Misdirected request",
             Self::Overloaded => "Upstream at capacity",
+            Self::Unauthorized => "Authentication required",
+            Self::Forbidden => "Access denied",
+            Self::RateLimited => "Too many requests",
+            Self::LimiterUnavailable => "Rate limiter unavailable",
+            Self::AuthUnavailable => "Authentication unavailable",
             Self::Internal => "Internal gateway error",
         }
     }
@@ -165,6 +198,8 @@ pub struct ProxyError {
     /// Detail for the client (the problem's `detail`): only text that is safe
     /// to show, never addresses or internal errors.
     pub detail: Option<Box<str>>,
+    /// Headers the answer carries (`WWW-Authenticate`, `Retry-After`, rate-limit headers).
+    pub headers: Option<Box<HeaderMap>>,
 }
 
 impl ProxyError {
@@ -182,7 +217,25 @@ impl ProxyError {
             retry,
             context: None,
             detail: None,
+            headers: None,
         }
+    }
+
+    /// Adds a header to the answer (appended: `WWW-Authenticate` may repeat).
+    pub fn header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
+        self.headers
+            .get_or_insert_with(Default::default)
+            .append(name, value);
+        self
+    }
+
+    /// Adds these headers to the answer.
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        match &mut self.headers {
+            Some(h) => h.extend(headers),
+            None => self.headers = Some(Box::new(headers)),
+        }
+        self
     }
 
     /// Adds detail for the client, which the log gets too.
@@ -207,10 +260,16 @@ impl ProxyError {
         request_id: &HeaderValue,
         style: ErrorStyle,
     ) -> Response<ResponseBody> {
-        match style {
+        let mut resp = match style {
             ErrorStyle::Problem => problem_response(self.kind, self.detail.as_deref(), request_id),
             ErrorStyle::Grpc => grpc_response(self.kind),
+        };
+        if let Some(headers) = &self.headers {
+            for (name, value) in headers.iter() {
+                resp.headers_mut().append(name, value.clone());
+            }
         }
+        resp
     }
 }
 

@@ -103,6 +103,10 @@ pub struct Gateway {
     /// every request on every listener has client-sent ones removed, since
     /// routes serve all listeners unless told otherwise.
     pub client_cert_headers: bool,
+    /// Consumers and authentication providers.
+    pub auth: crate::auth::AuthState,
+    /// Rate and concurrency limits, and the Redis store.
+    pub limits: crate::ratelimit::LimitState,
     /// The metric families. One set per process: each snapshot takes it from
     /// the one it replaces, so series outlive reloads without global state
     /// (and `portico check` or a test compiles with a set of its own).
@@ -175,6 +179,18 @@ fn build(
         upstreams.insert(name.clone(), compiled);
     }
 
+    let auth = crate::auth::AuthState::compile(&cfg, file, previous.map(|p| &p.auth), &metrics)
+        .unwrap_or_else(|e| {
+            errors.extend(e);
+            crate::auth::AuthState::default()
+        });
+    let limits =
+        crate::ratelimit::LimitState::compile(&cfg, file, previous.map(|p| &p.limits), &metrics)
+            .unwrap_or_else(|e| {
+                errors.extend(e);
+                crate::ratelimit::LimitState::default()
+            });
+
     let mut listeners = Vec::with_capacity(cfg.listeners.len());
     for l in &cfg.listeners {
         let specs: Vec<RouteSpec<'_>> = cfg
@@ -231,7 +247,12 @@ fn build(
             .iter()
             .find_map(|l: &Listener| l.router.param_names(index))
             .map(Iterator::collect);
-        match compile_route(&r.value, &upstreams, params.as_deref(), &metrics) {
+        let api = Api {
+            auth: &auth,
+            limits: &limits,
+            metrics: &metrics,
+        };
+        match compile_route(&r.value, &upstreams, params.as_deref(), &api) {
             Ok(route) => routes.push(route),
             Err(msg) => errors.push(ConfigError::at(file, &r.referenced, msg)),
         }
@@ -338,8 +359,17 @@ fn build(
                 .is_some_and(|c| c.forward_headers)
         }),
         metrics,
+        auth,
+        limits,
         config: cfg,
     })
+}
+
+/// What routes' API-management filters are compiled against.
+struct Api<'a> {
+    auth: &'a crate::auth::AuthState,
+    limits: &'a crate::ratelimit::LimitState,
+    metrics: &'a Metrics,
 }
 
 /// Loads a listener's certificates (relative paths against the config
@@ -424,11 +454,35 @@ fn compile_route(
     r: &RouteConfig,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     params: Option<&[&str]>,
-    metrics: &Metrics,
+    api: &Api<'_>,
 ) -> Result<Route, String> {
     let name = r.name.value.as_str();
     let captures = |p: &str| params.is_none_or(|names| names.contains(&p));
     let mut filters = Vec::new();
+    let in_route = |e: String| format!("route `{name}`: {e}");
+    if let Some(ip) = &r.ip_rules {
+        filters.push(Filter::IpRules(
+            crate::auth::ip_rules::IpRules::compile(ip).map_err(in_route)?,
+        ));
+    }
+    let mut challenges = Vec::new();
+    if let Some(auth) = &r.auth {
+        let f = crate::auth::AuthFilter::compile(name, &auth.value, api.auth, api.metrics)
+            .map_err(in_route)?;
+        challenges = f.challenges();
+        filters.push(Filter::Auth(f));
+    }
+    if let Some(authz) = &r.authorize {
+        filters.push(Filter::Authorize(
+            crate::auth::authorize::Authorize::compile(authz, challenges).map_err(in_route)?,
+        ));
+    }
+    if !r.rate_limit.is_empty() {
+        filters.push(Filter::RateLimit(
+            crate::ratelimit::RateLimitFilter::compile(name, &r.rate_limit, api.limits)
+                .map_err(in_route)?,
+        ));
+    }
     if let Some(rw) = &r.rewrite {
         filters.push(Filter::Rewrite(
             crate::filters::rewrite::Rewrite::compile(rw, captures)
@@ -488,7 +542,7 @@ fn compile_route(
         name: name.into(),
         filters: filters.into(),
         action,
-        metrics: metrics.route(name),
+        metrics: api.metrics.route(name),
         max_body_size: r.max_body_size.map(|s| s.0),
     })
 }

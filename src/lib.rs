@@ -6,6 +6,7 @@
 #[cfg(feature = "acme")]
 pub mod acme;
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod filters;
@@ -13,6 +14,7 @@ pub mod gateway;
 pub mod observe;
 pub mod pipeline;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod server;
 pub mod tls;

@@ -76,6 +76,12 @@ pub struct RequestCtx {
     pub recording: Recording,
     /// The largest request body the route accepts (0: no limit).
     pub max_body: u64,
+    /// Who is calling, once a route's `auth` identified them.
+    pub identity: Option<crate::auth::Identity>,
+    /// Headers added to the answer whatever it is (rate-limit headers).
+    pub response_headers: Option<Box<http::HeaderMap>>,
+    /// Concurrency-limit slots, held until the response body is done.
+    pub held: crate::ratelimit::Held,
 }
 
 /// Serves one request. Never fails: errors become problem responses here.
@@ -110,6 +116,9 @@ pub async fn handle(
         trace,
         recording: Recording::start(method, started),
         max_body: 0,
+        identity: None,
+        response_headers: None,
+        held: crate::ratelimit::Held::default(),
     };
 
     let error_style = ErrorStyle::of(req.headers());
@@ -132,6 +141,9 @@ pub async fn handle(
         request_id,
         mut exchange,
         mut recording,
+        identity,
+        response_headers,
+        held,
         ..
     } = ctx;
     let mut resp = result.unwrap_or_else(|e| {
@@ -149,6 +161,12 @@ pub async fn handle(
     }
     if let Some(r) = exchange.record() {
         r.status = resp.status().as_u16();
+        r.consumer = identity.as_ref().and_then(crate::auth::Identity::log_name);
+    }
+    if let Some(extra) = response_headers {
+        for (name, value) in extra.iter() {
+            resp.headers_mut().append(name, value.clone());
+        }
     }
     resp.headers_mut()
         .insert(gw.request_id_header.clone(), request_id);
@@ -156,6 +174,7 @@ pub async fn handle(
     resp.body_mut().set_exchange(exchange);
     recording.answered(resp.status(), gw.metrics.unmatched());
     resp.body_mut().set_recording(recording);
+    resp.body_mut().hold(held);
     Ok(resp)
 }
 
@@ -204,7 +223,7 @@ async fn route_and_run(
         return Err(ProxyError::new(ErrorKind::PayloadTooLarge));
     }
     for f in route.filters.iter() {
-        if let Flow::Respond(resp) = f.on_request(&mut req, ctx) {
+        if let Flow::Respond(resp) = f.on_request(&mut req, ctx).await? {
             return Ok(*resp);
         }
     }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+pub use super::auth::*;
+pub use super::rate_limit::*;
 use super::units::{Dur, Size};
 
 /// The whole config file.
@@ -53,6 +55,18 @@ pub struct Config {
     /// Upstream response headers removed before the client sees them.
     #[serde(default = "default_hidden_headers")]
     pub hide_response_headers: Vec<String>,
+    /// Identities calling the APIs, with their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    /// Named authentication providers, used by routes' `auth`.
+    #[serde(default)]
+    pub auth_providers: BTreeMap<String, Spanned<AuthProviderConfig>>,
+    /// Named limits: one set of counts shared by every route that names one.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, Spanned<RateLimitConfig>>,
+    /// The Redis store of limits with `store: redis`.
+    #[serde(default)]
+    pub redis: Option<Spanned<RedisConfig>>,
 }
 
 fn default_hidden_headers() -> Vec<String> {
@@ -1060,6 +1074,18 @@ pub struct RouteConfig {
     /// Largest request body accepted on this route (413 beyond); overrides `limits.max_body_size`.
     #[serde(default)]
     pub max_body_size: Option<Size>,
+    /// Client IP allow and deny lists (403).
+    #[serde(default)]
+    pub ip_rules: Option<IpRulesConfig>,
+    /// Who may call: authentication providers (401 without a valid credential).
+    #[serde(default)]
+    pub auth: Option<Spanned<RouteAuthConfig>>,
+    /// What an identified caller needs (403 without it).
+    #[serde(default)]
+    pub authorize: Option<AuthorizeConfig>,
+    /// Rate and concurrency limits: names of `rate_limits` entries or limits of this route.
+    #[serde(default)]
+    pub rate_limit: Vec<Spanned<RateLimitRef>>,
 }
 
 /// When and how a failed upstream attempt is tried again.

@@ -46,6 +46,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros((millis * 1000.0).round() as u64))
 }
 
+/// A rate written as `<count>/<period>`: `100/s`, `1000/h`, `50/10s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rate {
+    /// Requests allowed per period.
+    pub count: u64,
+    /// The period.
+    pub period: Duration,
+}
+
+/// Parses a rate such as `100/s`, `1000/h` or `50/10s` (a bare unit means one of it).
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let s = s.trim();
+    let (count, period) = s
+        .split_once('/')
+        .ok_or_else(|| format!("rate `{s}` must read `<count>/<period>`, such as `100/s` or `1000/h`"))?;
+    let count: u64 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("rate `{s}` must start with a whole number of requests"))?;
+    let period = period.trim();
+    let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+        parse_duration(period)?
+    } else {
+        parse_duration(&format!("1{period}"))?
+    };
+    if count == 0 {
+        return Err(format!("rate `{s}` allows no request; remove the limit or raise the count"));
+    }
+    if period.is_zero() {
+        return Err(format!("rate `{s}` has a zero period"));
+    }
+    Ok(Rate { count, period })
+}
+
 /// Parses a size such as `64KiB`, `10MB` or `512`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -126,6 +160,28 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Rate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rate such as `100/s`, `1000/h` or `50/10s`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Rate, E> {
+                parse_rate(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}/{}ms", self.count, self.period.as_millis()))
+    }
+}
+
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", self.0.as_millis()))
@@ -152,6 +208,20 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        let r = |count, secs| Ok(Rate { count, period: Duration::from_secs(secs) });
+        assert_eq!(parse_rate("100/s"), r(100, 1));
+        assert_eq!(parse_rate("1000/h"), r(1000, 3600));
+        assert_eq!(parse_rate("50/10s"), r(50, 10));
+        assert_eq!(parse_rate(" 7 / m "), r(7, 60));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("10").is_err());
+        assert!(parse_rate("10/0s").is_err());
+        assert!(parse_rate("x/s").is_err());
+        assert!(parse_rate("10/fortnight").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 
 use super::load::ConfigError;
 use super::schema::{
+    LimitStore, RateLimitConfig, RateLimitRef,
     BalanceConfig, Config, EndpointConfig, HashKey, HostHeader, RetryConfig, RouteConfig,
     UpstreamConfig,
 };
@@ -88,6 +89,7 @@ pub fn validate(cfg: &Config, file: &str) -> Vec<ConfigError> {
         v.upstream(name, up);
     }
     v.routes(cfg);
+    v.api_references(cfg);
     for message in tracing_problems(&cfg.tracing) {
         v.nowhere(message);
     }
@@ -485,6 +487,57 @@ impl Validator<'_> {
         }
         for p in problems {
             self.at(up, format!("upstream `{name}`: {p}"));
+        }
+    }
+
+    /// References between routes, providers, limits and the Redis store.
+    fn api_references(&mut self, cfg: &Config) {
+        let redis_needed = |l: &RateLimitConfig| {
+            (l.store == LimitStore::Redis && cfg.redis.is_none())
+                .then(|| "`store: redis` needs a top-level `redis` section".to_owned())
+        };
+        for (name, limit) in &cfg.rate_limits {
+            if let Some(m) = redis_needed(&limit.value) {
+                self.at(limit, format!("rate limit `{name}`: {m}"));
+            }
+        }
+        for route in &cfg.routes {
+            let r = &route.value;
+            let name = r.name.value.as_str();
+            if let Some(auth) = &r.auth {
+                if auth.value.providers.is_empty() {
+                    self.at(auth, format!("route `{name}`: `auth.providers` is empty"));
+                }
+                for p in &auth.value.providers {
+                    if !cfg.auth_providers.contains_key(&p.value) {
+                        self.at(
+                            p,
+                            format!(
+                                "route `{name}` names auth provider `{}`, which is not defined; defined: {}",
+                                p.value,
+                                list(cfg.auth_providers.keys().map(String::as_str))
+                            ),
+                        );
+                    }
+                }
+            }
+            for item in &r.rate_limit {
+                match &item.value {
+                    RateLimitRef::Named(n) if !cfg.rate_limits.contains_key(n) => self.at(
+                        item,
+                        format!(
+                            "route `{name}` names rate limit `{n}`, which is not defined; defined: {}",
+                            list(cfg.rate_limits.keys().map(String::as_str))
+                        ),
+                    ),
+                    RateLimitRef::Inline(l) => {
+                        if let Some(m) = redis_needed(l) {
+                            self.at(item, format!("route `{name}`: {m}"));
+                        }
+                    }
+                    RateLimitRef::Named(_) => {}
+                }
+            }
         }
     }
 

@@ -7,6 +7,7 @@ pub mod rewrite;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::error::ProxyError;
 use crate::pipeline::RequestCtx;
 use crate::proxy::body::ResponseBody;
 
@@ -37,6 +38,14 @@ pub enum Flow {
 
 /// A compiled filter.
 pub enum Filter {
+    /// Client IP allow and deny lists.
+    IpRules(crate::auth::ip_rules::IpRules),
+    /// Authentication: sets [`RequestCtx::identity`].
+    Auth(crate::auth::AuthFilter),
+    /// Authorization of the identified caller.
+    Authorize(crate::auth::authorize::Authorize),
+    /// Rate and concurrency limits.
+    RateLimit(crate::ratelimit::RateLimitFilter),
     /// Path and Host rewrite before forwarding.
     Rewrite(rewrite::Rewrite),
 }
@@ -45,14 +54,26 @@ impl Filter {
     /// The phase this filter runs in.
     pub fn phase(&self) -> Phase {
         match self {
+            Self::IpRules(_) => Phase::Access,
+            Self::Auth(_) => Phase::Identify,
+            Self::Authorize(_) => Phase::Authorize,
+            Self::RateLimit(_) => Phase::Limit,
             Self::Rewrite(_) => Phase::Transform,
         }
     }
 
-    /// Runs the filter on a request.
-    pub fn on_request(&self, req: &mut Request<Incoming>, ctx: &mut RequestCtx) -> Flow {
+    /// Runs the filter on a request. An error is the answer (401, 403, 429...).
+    pub async fn on_request(
+        &self,
+        req: &mut Request<Incoming>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, ProxyError> {
         match self {
-            Self::Rewrite(f) => f.apply(req, ctx),
+            Self::IpRules(f) => f.check(ctx).map(|()| Flow::Continue),
+            Self::Auth(f) => f.apply(req, ctx).await.map(|()| Flow::Continue),
+            Self::Authorize(f) => f.check(ctx).map(|()| Flow::Continue),
+            Self::RateLimit(f) => f.apply(req, ctx).await.map(|()| Flow::Continue),
+            Self::Rewrite(f) => Ok(f.apply(req, ctx)),
         }
     }
 }

@@ -157,6 +157,11 @@ pub fn format_line(r: &Record, out: &mut Vec<u8>) {
         }
         None => null(out),
     }
+    field(out, "consumer");
+    match &r.consumer {
+        Some(c) => string(out, c),
+        None => null(out),
+    }
     field(out, "duration_ms");
     write_millis(out, r.duration);
     if let Some(e) = &r.error {

@@ -265,6 +265,24 @@ struct ListenerReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResultLabels {
+    route: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitResultLabels {
+    limit: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderResultLabels {
+    provider: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -313,6 +331,9 @@ pub struct Metrics {
     refused: Family<ListenerReasonLabels, Counter>,
     aborted: Family<ListenerReasonLabels, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    auth: Family<RouteResultLabels, Counter>,
+    limits: Family<LimitResultLabels, Counter>,
+    key_fetches: Family<ProviderResultLabels, Counter>,
     /// The series of requests that matched no route.
     unmatched: Arc<RouteMetrics>,
 }
@@ -340,8 +361,39 @@ impl Metrics {
             refused: Family::default(),
             aborted: Family::default(),
             reloads,
+            auth: Family::default(),
+            limits: Family::default(),
+            key_fetches: Family::default(),
             unmatched,
         }
+    }
+
+    /// The counter of authentication outcomes `result` (`accepted`,
+    /// `anonymous`, `unauthorized`, `forbidden`, `unavailable`) on a route.
+    pub fn auth(&self, route: &str, result: &'static str) -> Counter {
+        self.auth
+            .get_or_create_owned(&RouteResultLabels {
+                route: route.to_owned(),
+                result,
+            })
+    }
+
+    /// The counter of a limit's decisions `result` (`allowed`, `limited`,
+    /// `store_error`).
+    pub fn limit(&self, limit: &str, result: &'static str) -> Counter {
+        self.limits.get_or_create_owned(&LimitResultLabels {
+            limit: limit.to_owned(),
+            result,
+        })
+    }
+
+    /// The counter of key-set fetches (JWKS, OIDC discovery, introspection
+    /// calls) of an auth provider, by `result` (`success`, `failure`).
+    pub fn key_fetch(&self, provider: &str, result: &'static str) -> Counter {
+        self.key_fetches.get_or_create_owned(&ProviderResultLabels {
+            provider: provider.to_owned(),
+            result,
+        })
     }
 
     /// The instruments of the route `name`. Every series is created now, at 0,
@@ -418,6 +470,21 @@ impl Metrics {
             "config_reloads",
             "Config reloads by result",
             self.reloads.clone(),
+        );
+        registry.register(
+            "auth",
+            "Authentication and authorization outcomes, by route and result",
+            self.auth.clone(),
+        );
+        registry.register(
+            "rate_limit_decisions",
+            "Rate and concurrency limit decisions, by limit and result",
+            self.limits.clone(),
+        );
+        registry.register(
+            "auth_backend_calls",
+            "JWKS and discovery fetches and introspection calls, by auth provider and result",
+            self.key_fetches.clone(),
         );
         registry.register_collector(Box::new(scraped));
         let mut out = String::with_capacity(32 * 1024);

@@ -85,6 +85,8 @@ pub struct Record {
     pub status: u16,
     /// Matched route.
     pub route: Option<Arc<str>>,
+    /// The identified caller: a consumer's name, or a token's subject.
+    pub consumer: Option<Arc<str>>,
     /// Upstream endpoint address.
     pub upstream: Option<SocketAddr>,
     /// Time until the upstream's response head.

@@ -431,6 +431,8 @@ pub struct ResponseBody {
     exchange: Exchange,
     /// Counts the request in its route's metrics when the body is dropped.
     recording: Option<Recording>,
+    /// Concurrency-limit slots, given back when the body is dropped.
+    held: crate::ratelimit::Held,
     ended: bool,
 }
 
@@ -476,6 +478,7 @@ impl ResponseBody {
             lease: None,
             exchange: Exchange::default(),
             recording: None,
+            held: crate::ratelimit::Held::default(),
             ended: false,
         }
     }
@@ -488,6 +491,11 @@ impl ResponseBody {
     /// Attaches the request's metrics entry; it is recorded when this body is done.
     pub fn set_recording(&mut self, recording: Recording) {
         self.recording = Some(recording);
+    }
+
+    /// Keeps the request's concurrency-limit slots until this body is dropped.
+    pub fn hold(&mut self, held: crate::ratelimit::Held) {
+        self.held = held;
     }
 }
 

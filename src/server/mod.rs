@@ -157,6 +157,12 @@ pub fn run(path: PathBuf, cfg: Config) -> i32 {
         tokio::spawn(crate::upstream::health::supervise(move || {
             snapshot.current.load_full()
         }));
+        let snapshot = shared.clone();
+        tokio::spawn(crate::auth::supervise(move || snapshot.current.load_full()));
+        let snapshot = shared.clone();
+        tokio::spawn(crate::ratelimit::supervise(move || {
+            snapshot.current.load_full()
+        }));
         signals.recv().await;
         tokio::select! {
             () = drain(&shared) => 0,

@@ -1,0 +1,2 @@
+//! A `jsonwebtoken` crypto provider backed by `ring`, the one crypto library
+//! of the whole build.

@@ -1,0 +1,2 @@
+//! A small HTTP client for the auth backends (JWKS, OIDC discovery,
+//! introspection): http or https, bounded answer size, a timeout.

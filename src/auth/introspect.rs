@@ -1,0 +1,34 @@
+//! Stub: being built.
+
+use http::{HeaderValue, Request};
+
+use super::{Consumers, Outcome};
+use crate::config::IntrospectionConfig;
+use crate::observe::metrics::Metrics;
+
+/// A compiled provider.
+pub struct Introspection {}
+
+impl Introspection {
+    /// Compiles the provider; `previous` is the same definition's provider
+    /// in the running snapshot, whose state is kept.
+    pub fn compile(
+        _name: &str,
+        _cfg: &IntrospectionConfig,
+        _file: &str,
+        _previous: Option<&Introspection>,
+        _metrics: &Metrics,
+    ) -> Result<Self, String> {
+        Err("not built yet".into())
+    }
+    /// Checks the request's credential.
+    pub async fn authenticate<B>(&self, _name: &str, _req: &Request<B>, _c: &Consumers) -> Outcome {
+        Outcome::Absent
+    }
+    /// Removes the credential.
+    pub fn strip<B>(&self, _req: &mut Request<B>) {}
+    /// The challenge.
+    pub fn challenge(&self, _error: Option<&str>) -> HeaderValue {
+        HeaderValue::from_static("Bearer")
+    }
+}
