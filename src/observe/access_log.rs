@@ -297,6 +297,7 @@ mod tests {
             path: "/a\nb".into(),
             status: 502,
             route: Some("r".into()),
+            consumer: Some("app\"1".into()),
             upstream: Some("10.0.0.1:80".parse().unwrap()),
             upstream_duration: Some(Duration::from_micros(1_234_567)),
             bytes_in: 7,
@@ -311,7 +312,8 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({
-                "bytes_in": 7, "bytes_out": 9, "client": "::1", "duration_ms": 0.005,
+                "bytes_in": 7, "bytes_out": 9, "client": "::1", "consumer": "app\"1",
+                "duration_ms": 0.005,
                 "error": "upstream-failed: \"x\"", "host": "h\u{7f}\\", "method": "GET",
                 "path": "/a\nb", "request_id": "id\"1", "route": "r", "span_id": null,
                 "status": 502, "time": "2026-11-18T11:06:40.123Z", "trace_id": null,
