@@ -47,27 +47,29 @@ impl Gcra {
     /// no state). Returns the TAT to store (unchanged when refused) and the
     /// decision.
     pub fn decide(&self, tat: Option<u64>, now: u64, cost: u64) -> (u64, Decision) {
-        let tat = tat.map_or(now, |t| t.max(now));
-        let increment = self.emission.saturating_mul(cost);
-        let new_tat = tat.saturating_add(increment);
-        let burst_offset = self.emission.saturating_mul(self.burst);
-        let allow_at = new_tat.saturating_sub(burst_offset);
-        if allow_at > now {
+        // Signed and wide: `allow_at` is before the clock's zero when the
+        // burst is longer than the time the clock has run.
+        let (now_i, emission) = (i128::from(now), i128::from(self.emission));
+        let tat = i128::from(tat.map_or(now, |t| t.max(now)));
+        let new_tat = tat + emission * i128::from(cost);
+        let allow_at = new_tat - emission * i128::from(self.burst);
+        let nanos = |d: i128| Duration::from_nanos(u64::try_from(d).unwrap_or(u64::MAX));
+        if allow_at > now_i {
             let decision = Decision {
                 allowed: false,
                 remaining: 0,
-                reset: Duration::from_nanos(tat - now),
-                retry_after: Duration::from_nanos(allow_at - now),
+                reset: nanos(tat - now_i),
+                retry_after: nanos(allow_at - now_i),
             };
-            return (tat, decision);
+            return (u64::try_from(tat).unwrap_or(u64::MAX), decision);
         }
         let decision = Decision {
             allowed: true,
-            remaining: (now - allow_at) / self.emission,
-            reset: Duration::from_nanos(new_tat - now),
+            remaining: u64::try_from((now_i - allow_at) / emission).unwrap_or(u64::MAX),
+            reset: nanos(new_tat - now_i),
             retry_after: Duration::ZERO,
         };
-        (new_tat, decision)
+        (u64::try_from(new_tat).unwrap_or(u64::MAX), decision)
     }
 
     /// Gives back `cost` taken from a key whose TAT is now `tat` (a later
