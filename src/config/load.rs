@@ -237,8 +237,10 @@ fn sanitize(message: &str) -> String {
     out
 }
 
-/// Replaces `${NAME}` and `${NAME:-default}` with values from `lookup`; `$${` writes
-/// a literal `${`.
+/// Replaces `${NAME}` and `${NAME:-default}` with values from `lookup`, and
+/// `${file:PATH}` with the content of a file (a secret mounted by Kubernetes or
+/// Docker; one final line break removed; a relative path is taken from the
+/// config file's folder); `$${` writes a literal `${`.
 ///
 /// - `${NAME}` with `NAME` unset is an error at the `$`.
 /// - `${NAME:-default}` uses `default` when `NAME` is unset or empty; the default
@@ -335,11 +337,20 @@ fn interpolate_line(
             return;
         };
         let body = &body_start[..end];
+        let consumed = 2 + body.len() + 1;
+        if let Some(path) = body.strip_prefix("file:") {
+            match read_secret_file(file, path) {
+                Ok(v) => out.push_str(&v),
+                Err(msg) => errors.push(err(msg)),
+            }
+            column += at[..consumed].chars().count() as u64;
+            rest = &at[consumed..];
+            continue;
+        }
         let (name, default) = match body.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (body, None),
         };
-        let consumed = 2 + body.len() + 1;
         if !valid_var_name(name) {
             errors.push(err(format!(
                 "invalid variable reference `${{{body}}}`: expected `${{NAME}}` or \
@@ -368,6 +379,33 @@ fn interpolate_line(
         rest = &at[consumed..];
     }
     out.push_str(rest);
+}
+
+/// The content of the file a `${file:PATH}` reference names, for the config
+/// file `file`: one final line break removed; other line breaks refused.
+fn read_secret_file(file: &str, path: &str) -> Result<String, String> {
+    let path = std::path::Path::new(path.trim());
+    if path.as_os_str().is_empty() {
+        return Err("`${file:}` needs a path, as in `${file:/run/secrets/api-key}`".into());
+    }
+    let full = if path.is_relative() {
+        crate::tls::config_dir(file).join(path)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&full)
+        .map_err(|e| format!("cannot read `{}` for `${{file:...}}`: {e}", full.display()))?;
+    let text = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if text.contains(['\n', '\r']) {
+        return Err(format!(
+            "`{}` holds several lines; `${{file:...}}` takes a one-line value",
+            full.display()
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// Whether `name` is `[A-Za-z_][A-Za-z0-9_]*`.
@@ -411,6 +449,23 @@ mod tests {
             interp("a: \"x \\\" # y\" # ${NOPE}").unwrap(),
             "a: \"x \\\" # y\" # ${NOPE}"
         );
+    }
+
+    #[test]
+    fn file_references_read_one_line_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "s3cret\n").unwrap();
+        std::fs::write(dir.path().join("two"), "a\nb\n").unwrap();
+        let cfg = dir.path().join("portico.yaml").display().to_string();
+        let f = |text: &str| interpolate(text, &cfg, env);
+        assert_eq!(f("k: ${file:key} # ${file:nope}\n").unwrap(), "k: s3cret # ${file:nope}\n");
+        let abs = dir.path().join("key").display().to_string();
+        assert_eq!(f(&format!("k: ${{file:{abs}}}")).unwrap(), "k: s3cret");
+        let e = f("a: 1\nk: ${file:missing}\n").unwrap_err();
+        assert_eq!((e[0].line, e[0].column), (2, 4));
+        assert!(e[0].message.contains("cannot read"), "{}", e[0].message);
+        let e = f("k: ${file:two}").unwrap_err();
+        assert!(e[0].message.contains("several lines"), "{}", e[0].message);
     }
 
     #[test]
