@@ -26,6 +26,9 @@ NGINX_PORT=${NGINX_PORT:-19080}
 HAPROXY_PORT=${HAPROXY_PORT:-19081}
 PORTICO_PORT=${PORTICO_PORT:-19082}
 PORTICO_FULL_PORT=${PORTICO_FULL_PORT:-19083}
+PORTICO_AUTH_PORT=${PORTICO_AUTH_PORT:-19085}
+PORTICO_REDIS_PORT=${PORTICO_REDIS_PORT:-19086}
+REDIS_PORT=${REDIS_PORT:-19379}
 NGINX_TLS_PORT=${NGINX_TLS_PORT:-19095}
 HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-19096}
 PORTICO_TLS_PORT=${PORTICO_TLS_PORT:-19097}
@@ -42,7 +45,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 RESTART=${RESTART:-run}                # run: restart the measured server before each run; never: keep it
 
 ALL_SCENARIOS="small50 small1 small500 64k 1m close h2 tls tlsnew h2tls"
-ALL_PROXIES="direct nginx haproxy portico portico-full"
+ALL_PROXIES="direct nginx haproxy portico portico-full portico-auth portico-redis"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -64,6 +67,10 @@ IFS=, read -r -a PEERS <<<"$PROXIES"
 for s in "${SCENS[@]}"; do [[ " $ALL_SCENARIOS " == *" $s "* ]] || die "unknown scenario '$s' (known: $ALL_SCENARIOS)"; done
 for p in "${PEERS[@]}"; do [[ " $ALL_PROXIES " == *" $p "* ]] || die "unknown proxy '$p' (known: $ALL_PROXIES)"; done
 want() { [[ ",$PROXIES," == *",$1,"* ]]; }
+want_portico() { [[ ",$PROXIES," == *",portico"* ]]; }
+# Every request of every peer carries an API key (only portico-auth and
+# portico-redis check it), so that all peers serve the same request.
+API_KEY_HEADER="X-API-Key: bench-key"
 want_scen() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 
 # Scenario table: tool path connections extra-header description
@@ -286,8 +293,12 @@ EOF
 # gateway turns on: a JSON access log to a file, active health checks,
 # outlier detection, a retry policy, the admin API (metrics are always
 # counted) and trace context propagation.
+# portico-auth: the bare proxy plus API-key authentication and a local rate
+# limit keyed by consumer on every request (set high enough never to refuse:
+# the cost of deciding is what is measured). portico-redis: the same limit in
+# Redis, one atomic script per request.
 write_portico_conf() { # name
-    local name=$1 d=$T/$1 al="{ enabled: false }" port=$PORTICO_PORT tls_port=$PORTICO_TLS_PORT extra="" retry=""
+    local name=$1 d=$T/$1 al="{ enabled: false }" port=$PORTICO_PORT tls_port=$PORTICO_TLS_PORT extra="" retry="" api=""
     mkdir -p "$d"
     [[ $ACCESS_LOG == json ]] && al="{ enabled: true, target: \"$d/access.log\" }"
     if [[ $name == portico-full ]]; then
@@ -297,6 +308,26 @@ write_portico_conf() { # name
         extra="    health_check: { type: http, path: /small, interval: 1s }
     outlier_detection: { consecutive_5xx: 5 }"
         retry="    retry: { attempts: 2 }"
+    fi
+    if [[ $name == portico-auth || $name == portico-redis ]]; then
+        local store=local
+        port=$PORTICO_AUTH_PORT
+        tls_port=$((PORTICO_AUTH_PORT + 100))
+        if [[ $name == portico-redis ]]; then
+            store=redis
+            port=$PORTICO_REDIS_PORT
+            tls_port=$((PORTICO_REDIS_PORT + 100))
+            printf 'redis: { urls: ["redis://127.0.0.1:%s"] }\n' "$REDIS_PORT" >"$d/redis.yaml"
+        fi
+        retry="    auth: { providers: [keys] }
+    rate_limit: [per-consumer]"
+        api="consumers:
+  - { name: bench, api_keys: [bench-key] }
+auth_providers:
+  keys: { api_key: {} }
+rate_limits:
+  per-consumer: { key: consumer, rate: 1000000000/s, store: $store }
+$(cat "$d/redis.yaml" 2>/dev/null || true)"
     fi
     cat >"$d/portico.yaml" <<EOF
 workers: 1
@@ -311,6 +342,7 @@ upstreams:
     endpoints: ["127.0.0.1:$ORIGIN_PORT"]
     pool: { max_idle: $UPSTREAM_POOL }
 $extra
+$api
 routes:
   - name: all
     match: { prefix: / }
@@ -323,9 +355,9 @@ EOF
 }
 
 # ------------------------------------------------------------ start/stop --
-h1_port() { case $1 in direct) echo "$ORIGIN_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; esac; }
+h1_port() { case $1 in direct) echo "$ORIGIN_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; portico-auth) echo "$PORTICO_AUTH_PORT" ;; portico-redis) echo "$PORTICO_REDIS_PORT" ;; esac; }
 tls_port() { case $1 in nginx) echo "$NGINX_TLS_PORT" ;; haproxy) echo "$HAPROXY_TLS_PORT" ;; portico) echo "$PORTICO_TLS_PORT" ;; portico-full) echo "$PORTICO_FULL_TLS_PORT" ;; *) echo "" ;; esac; }
-h2_port() { case $1 in nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAPROXY_H2_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; *) echo "" ;; esac; }
+h2_port() { case $1 in nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAPROXY_H2_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; portico-auth) echo "$PORTICO_AUTH_PORT" ;; portico-redis) echo "$PORTICO_REDIS_PORT" ;; *) echo "" ;; esac; }
 proc_of() { [[ $1 == direct ]] && echo origin || echo "$1"; } # whose CPU/RSS a row reports
 
 start_server() { # name
@@ -345,7 +377,11 @@ start_server() { # name
         taskset -c "$PROXY_CORE" haproxy -db -f "$T/haproxy/haproxy.cfg" \
             >>"$T/haproxy/access.log" 2>"$T/haproxy/stderr.log" &
         pid=$! ;;
-    portico | portico-full)
+    redis)
+        taskset -c "$LOAD_CORE" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+            --appendonly no >"$T/redis.log" 2>&1 &
+        pid=$! ;;
+    portico | portico-full | portico-auth | portico-redis)
         write_portico_conf "$name"
         taskset -c "$PROXY_CORE" "$PORTICO_BIN" run -c "$T/$name/portico.yaml" \
             >"$T/$name/stdout.log" 2>"$T/$name/stderr.log" &
@@ -353,6 +389,14 @@ start_server() { # name
     esac
     PID[$name]=$pid
     local port
+    if [[ $name == redis ]]; then
+        local j
+        for ((j = 0; j < READY_TIMEOUT * 10; j++)); do
+            redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+            sleep 0.1
+        done
+        return 1
+    fi
     if [[ $name == origin ]]; then port=$ORIGIN_PORT; else port=$(h1_port "$name"); fi
     if [[ $name == portico* ]]; then # documented readiness line, then the port
         local i
@@ -381,7 +425,7 @@ sanity_check() { # peer -> sets OK_H1[peer], OK_H2[peer]
     port=$(h1_port "$p")
     for path in /small:13 /64k:65536 /1m:1048576; do
         want=${path#*:}
-        got=$(curl -s -m 10 -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$port${path%%:*}" || true)
+        got=$(curl -s -m 10 -H "$API_KEY_HEADER" -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$port${path%%:*}" || true)
         if [[ $got != "200 $want" ]]; then
             log "SANITY FAIL: $p GET ${path%%:*} -> '$got' (want '200 $want')"
             ok=0
@@ -451,7 +495,7 @@ load_run() { # scenario port seconds outfile
     is_tls "$s" && url="https://localhost:$port$(scen_path "$s")"
     if is_h2 "$s"; then
         rm -f "$out.lat"
-        run_tool "$out" "$secs" h2load -t1 -c "$H2_CONNS" -m "$H2_STREAMS" -D "$secs" \
+        run_tool "$out" "$secs" h2load -t1 -c "$H2_CONNS" -m "$H2_STREAMS" -D "$secs" -H "$API_KEY_HEADER" \
             --log-file="$out.lat" "$url" || return 1
         local lat
         lat=$(awk -F'\t' '$2 >= 200 && $2 < 400 {print $3}' "$out.lat" | sort -n |
@@ -474,7 +518,7 @@ load_run() { # scenario port seconds outfile
         local hdr=()
         [[ $s == close || $s == tlsnew ]] && hdr=(-H 'Connection: close')
         run_tool "$out" "$secs" wrk -t "$WRK_THREADS" -c "$(scen_conns "$s")" -d "${secs}s" \
-            --latency "${hdr[@]}" "$url" || return 1
+            --latency -H "$API_KEY_HEADER" "${hdr[@]}" "$url" || return 1
         awk '
             function ms(s,   n) {
                 n = s + 0
@@ -645,7 +689,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
     -keyout "$T/tls/key.pem" -out "$T/tls/cert.pem" 2>/dev/null || die "openssl cannot make the test certificate"
 cat "$T/tls/cert.pem" "$T/tls/key.pem" >"$T/tls/combined.pem"
 
-if want portico || want portico-full; then
+if want_portico; then
     if [[ $BUILD == 1 ]]; then
         log "cargo build --release (portico)"
         (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release) || die "cargo build --release failed"
@@ -658,11 +702,17 @@ want nginx && ports+=("$NGINX_PORT" "$NGINX_H2_PORT" "$NGINX_TLS_PORT")
 want haproxy && ports+=("$HAPROXY_PORT" "$HAPROXY_H2_PORT" "$HAPROXY_TLS_PORT")
 want portico && ports+=("$PORTICO_PORT" "$PORTICO_TLS_PORT")
 want portico-full && ports+=("$PORTICO_FULL_PORT" "$PORTICO_ADMIN_PORT" "$PORTICO_FULL_TLS_PORT")
+want portico-auth && ports+=("$PORTICO_AUTH_PORT")
+want portico-redis && ports+=("$PORTICO_REDIS_PORT" "$REDIS_PORT")
 for port in "${ports[@]}"; do
     port_in_use "$port" && die "port $port is already in use on 127.0.0.1 (set *_PORT env vars)"
 done
 
 start_server origin || die "origin failed to start"
+if want portico-redis; then
+    command -v redis-server >/dev/null || die "portico-redis needs redis-server (apt-get install redis-server redis-tools)"
+    start_server redis || die "redis-server failed to start"
+fi
 declare -A OK_H1=() OK_H2=() OK_TLS=()
 for p in "${PEERS[@]}"; do
     if [[ $p != direct ]]; then
@@ -677,7 +727,7 @@ done
 
 ver() { "$@" 2>&1 | head -n 1 || true; }
 VERSIONS="$(ver nginx -v | sed 's/.*: //'), $(ver haproxy -v | awk '{print "HAProxy", $3}'), $(ver wrk -v | awk '{print $1, $2}'), $(ver h2load --version)"
-if want portico || want portico-full; then VERSIONS+=", portico $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)"; fi
+if want_portico; then VERSIONS+=", portico $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)"; fi
 log "versions: $VERSIONS"
 log "plan: ${ROUNDS} rounds x [${SCENS[*]}] x [${PEERS[*]}], ${WARMUP}s warm-up + ${DURATION}s each"
 
