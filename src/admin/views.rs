@@ -55,8 +55,22 @@ fn redact(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) => {
+            if let Some(hidden) = without_userinfo(s) {
+                *s = hidden;
+            }
+        }
         _ => {}
     }
+}
+
+/// A URL with its user information (`redis://user:password@host`) replaced,
+/// when it has some: a secret under any key name.
+fn without_userinfo(s: &str) -> Option<String> {
+    let start = s.find("://")? + 3;
+    let authority_end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    let at = s[start..authority_end].rfind('@')? + start;
+    Some(format!("{}{REDACTED}{}", &s[..start], &s[at..]))
 }
 
 /// Replaces every value in `value`; `null` (not set) stays.
@@ -133,6 +147,23 @@ pub fn upstreams(gw: &Gateway) -> Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_information_in_urls_is_hidden() {
+        assert_eq!(
+            without_userinfo("redis://:pw@10.0.0.1:6379/0").as_deref(),
+            Some("redis://[redacted]@10.0.0.1:6379/0")
+        );
+        assert_eq!(
+            without_userinfo("https://u:p@as.example/introspect?a=b@c").as_deref(),
+            Some("https://[redacted]@as.example/introspect?a=b@c")
+        );
+        assert_eq!(without_userinfo("https://as.example/x@y"), None);
+        assert_eq!(without_userinfo("user@example.com"), None);
+        let mut v = json!({ "redis": { "urls": ["redis://u:secret@h:1"] } });
+        redact(&mut v);
+        assert_eq!(v["redis"]["urls"][0], "redis://[redacted]@h:1");
+    }
 
     #[test]
     fn secret_key_names() {
