@@ -474,7 +474,9 @@ fn compile_route(
     }
     if let Some(authz) = &r.authorize {
         filters.push(Filter::Authorize(
-            crate::auth::authorize::Authorize::compile(authz, challenges).map_err(in_route)?,
+            crate::auth::authorize::Authorize::compile(authz, challenges)
+                .map_err(in_route)?
+                .counted(name, api.metrics),
         ));
     }
     if !r.rate_limit.is_empty() {

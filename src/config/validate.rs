@@ -13,9 +13,8 @@ use serde_saphyr::Spanned;
 
 use super::load::ConfigError;
 use super::schema::{
-    LimitStore, RateLimitConfig, RateLimitRef,
-    BalanceConfig, Config, EndpointConfig, HashKey, HostHeader, RetryConfig, RouteConfig,
-    UpstreamConfig,
+    BalanceConfig, Config, EndpointConfig, HashKey, HostHeader, LimitStore, RateLimitConfig,
+    RateLimitRef, RetryConfig, RouteConfig, UpstreamConfig,
 };
 
 /// Most worker runtimes accepted.
@@ -516,6 +515,30 @@ impl Validator<'_> {
                                 "route `{name}` names auth provider `{}`, which is not defined; defined: {}",
                                 p.value,
                                 list(cfg.auth_providers.keys().map(String::as_str))
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(authz) = &r.authorize {
+                let consumers = || cfg.consumers.iter().map(|c| c.name.value.as_str());
+                for c in &authz.consumers {
+                    if !consumers().any(|n| n == c) {
+                        self.at(
+                            route,
+                            format!(
+                                "route `{name}`: `authorize.consumers` names `{c}`, which is not a consumer; defined: {}",
+                                list(consumers())
+                            ),
+                        );
+                    }
+                }
+                for g in &authz.groups {
+                    if !cfg.consumers.iter().any(|c| c.groups.contains(g)) {
+                        self.at(
+                            route,
+                            format!(
+                                "route `{name}`: `authorize.groups` names `{g}`, which no consumer is in"
                             ),
                         );
                     }
@@ -1380,6 +1403,45 @@ routes:
         one(&text, 0, "between 1 and 1024, got 1025");
         let text = format!("workers: 1024\n{BASE}");
         assert!(errors(&text).is_empty());
+    }
+
+    #[test]
+    fn api_references_must_exist() {
+        let text = r#"listeners: [{ name: a, address: "127.0.0.1:1" }]
+consumers: [{ name: app, groups: [apps] }]
+auth_providers: { keys: { api_key: {} } }
+rate_limits: { shared: { rate: 1/s, store: redis } }
+routes:
+  - name: r
+    auth: { providers: [keys, nope] }
+    authorize: { consumers: [app, ghost], groups: [apps, staff] }
+    rate_limit: [shared, missing, { rate: 2/s, store: redis }]
+    respond: { status: 204 }
+"#;
+        let e: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+        let has = |needle: &str| e.iter().any(|m| m.contains(needle));
+        assert!(
+            has("t.yaml:4:24: rate limit `shared`: `store: redis` needs a top-level `redis`"),
+            "{e:?}"
+        );
+        assert!(
+            has("t.yaml:7:31: route `r` names auth provider `nope`"),
+            "{e:?}"
+        );
+        assert!(has("`authorize.consumers` names `ghost`"), "{e:?}");
+        assert!(
+            has("`authorize.groups` names `staff`, which no consumer is in"),
+            "{e:?}"
+        );
+        assert!(has("route `r` names rate limit `missing`"), "{e:?}");
+        assert_eq!(
+            e.iter()
+                .filter(|m| m.contains("needs a top-level `redis`"))
+                .count(),
+            2,
+            "{e:?}"
+        );
+        assert_eq!(e.len(), 6, "{e:?}");
     }
 
     #[test]
