@@ -48,7 +48,8 @@ pub struct RateLimitConfig {
 fn default_key() -> LimitKeyConfig {
     LimitKeyConfig::One("ip".into())
 }
-fn default_sync_interval() -> Dur {
+/// `sync_interval` when not given.
+pub fn default_sync_interval() -> Dur {
     Dur(std::time::Duration::from_millis(100))
 }
 fn default_max_keys() -> usize {
