@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Request};
 
 use super::consumers::key_digest;
-use super::source::{Found, Sources};
+use super::source::Sources;
 use super::{Consumers, Identity, Outcome};
 use crate::config::ApiKeyConfig;
 
@@ -31,10 +31,9 @@ impl ApiKey {
 
     /// Checks the request's key.
     pub fn authenticate<B>(&self, req: &Request<B>, consumers: &Consumers) -> Outcome {
-        let key = match self.sources.locate(req) {
-            Found::Absent => return Outcome::Absent,
-            Found::Malformed(why) => return Outcome::Rejected(why.into()),
-            Found::One(key) => key,
+        let key = match self.sources.credential(req) {
+            Ok(key) => key,
+            Err(outcome) => return outcome,
         };
         match consumers.by_key(&key_digest(key.as_bytes())) {
             Some(c) => Outcome::Accepted(Identity {

@@ -17,7 +17,7 @@ use http::{HeaderValue, Request};
 use tokio::sync::Semaphore;
 
 use super::consumers::KeyDigest;
-use super::source::{Found, Sources};
+use super::source::Sources;
 use super::{Consumers, Identity, Outcome};
 use crate::config::{BasicConfig, TokenSource};
 
@@ -186,10 +186,9 @@ impl Basic {
 
     /// Checks the request's credential.
     pub async fn authenticate<B>(&self, req: &Request<B>, consumers: &Consumers) -> Outcome {
-        let token = match self.source.locate(req) {
-            Found::Absent => return Outcome::Absent,
-            Found::Malformed(why) => return Outcome::Rejected(why.into()),
-            Found::One(t) => t,
+        let token = match self.source.credential(req) {
+            Ok(token) => token,
+            Err(outcome) => return outcome,
         };
         let Some((text, colon)) = decode(&token) else {
             return Outcome::Rejected("malformed Basic credentials".into());

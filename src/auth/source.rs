@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Uri};
 
+use super::Outcome;
 use crate::config::TokenSource;
 
 /// Headers that cannot carry a credential: framing, routing and the cookie
@@ -66,12 +67,13 @@ impl Sources {
             .map(Self)
     }
 
-    /// The first credential found; `None` when there is none or when it is
-    /// malformed (use [`Sources::locate`] to tell those apart).
-    pub fn find<'r, B>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
+    /// The credential a provider checks, or its outcome without one:
+    /// `Absent`, or `Rejected` when the credential found is unusable.
+    pub fn credential<'r, B>(&self, req: &'r Request<B>) -> Result<Cow<'r, str>, Outcome> {
         match self.locate(req) {
-            Found::One(c) => Some(c),
-            Found::Absent | Found::Malformed(_) => None,
+            Found::One(c) => Ok(c),
+            Found::Absent => Err(Outcome::Absent),
+            Found::Malformed(why) => Err(Outcome::Rejected(why.into())),
         }
     }
 
@@ -479,13 +481,16 @@ mod tests {
             &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
         );
         assert!(matches!(s.locate(&twice), Found::Malformed(_)));
-        assert_eq!(s.find(&twice), None);
+        // Every provider reads through `credential`: a token sent twice is
+        // refused (401), never taken for no token (anonymous access).
+        assert!(matches!(s.credential(&twice), Err(Outcome::Rejected(_))));
+        assert!(matches!(s.credential(&req("/", &[])), Err(Outcome::Absent)));
         // Another scheme next to ours is not a second credential.
         let mixed = req(
             "/",
             &[("authorization", "Basic x"), ("authorization", "Bearer b")],
         );
-        assert_eq!(s.find(&mixed).as_deref(), Some("b"));
+        assert_eq!(s.credential(&mixed).ok().as_deref(), Some("b"));
         assert_eq!(s.locate(&req("/", &[])), Found::Absent);
     }
 
@@ -493,7 +498,9 @@ mod tests {
     fn plain_header_is_case_insensitive_and_taken_whole() {
         let s = Sources::compile(&[src(Some("X-API-Key"), None, None, None)]).unwrap();
         assert_eq!(
-            s.find(&req("/", &[("x-api-key", "k 1")])).as_deref(),
+            s.credential(&req("/", &[("x-api-key", "k 1")]))
+                .ok()
+                .as_deref(),
             Some("k 1")
         );
         assert_eq!(s.locate(&req("/", &[("x-api-key", "")])), Found::Absent);
@@ -508,9 +515,9 @@ mod tests {
             "/",
             &[("cookie", "a=1; b=2"), ("cookie", "session=\"tok\"; c=3")],
         );
-        assert_eq!(s.find(&r).as_deref(), Some("tok"));
+        assert_eq!(s.credential(&r).ok().as_deref(), Some("tok"));
         let r = req("/", &[("cookie", "Session=x;session=y")]);
-        assert_eq!(s.find(&r).as_deref(), Some("y"));
+        assert_eq!(s.credential(&r).ok().as_deref(), Some("y"));
         let r = req("/", &[("cookie", "session=a"), ("cookie", "session=b")]);
         assert!(matches!(s.locate(&r), Found::Malformed(_)));
         assert_eq!(
@@ -535,9 +542,9 @@ mod tests {
     fn query_is_decoded_and_stripped_byte_for_byte() {
         let s = Sources::compile(&[src(None, None, None, Some("api_key"))]).unwrap();
         let r = req("/p?a=%2F&api_key=k%2By+z&b", &[]);
-        assert_eq!(s.find(&r).as_deref(), Some("k+y z"));
+        assert_eq!(s.credential(&r).ok().as_deref(), Some("k+y z"));
         let r = req("/p?api%5Fkey=x", &[]);
-        assert_eq!(s.find(&r).as_deref(), Some("x"));
+        assert_eq!(s.credential(&r).ok().as_deref(), Some("x"));
         let r = req("/p?api_key=a&api_key=b", &[]);
         assert!(matches!(s.locate(&r), Found::Malformed(_)));
         let r = req("/p?api_key=%FF", &[]);
@@ -575,10 +582,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            s.find(&req("/?key=q", &[("x-key", "h")])).as_deref(),
+            s.credential(&req("/?key=q", &[("x-key", "h")]))
+                .ok()
+                .as_deref(),
             Some("h")
         );
-        assert_eq!(s.find(&req("/?key=q", &[])).as_deref(), Some("q"));
+        assert_eq!(
+            s.credential(&req("/?key=q", &[])).ok().as_deref(),
+            Some("q")
+        );
         let mut r = req("/?key=q&o=1", &[("x-key", "h")]);
         s.strip(&mut r);
         assert!(r.headers().get("x-key").is_none());

@@ -400,13 +400,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 /// Polls the connection `conn` alongside `exchange` until the exchange is done.
 /// A connection that ends first is left alone: the exchange then fails or
 /// finishes with what was already received.
-async fn drive<T, E: Display>(
+pub(crate) async fn drive<T, E: Display>(
     conn: impl Future<Output = Result<(), E>>,
     exchange: impl Future<Output = T>,
 ) -> T {
     let conn = async {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "health check connection ended");
+            tracing::debug!(error = %e, "connection ended");
         }
         std::future::pending::<Infallible>().await
     };

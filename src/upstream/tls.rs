@@ -227,8 +227,9 @@ fn load_identity(
     Ok((chain, key))
 }
 
-/// The system's trusted roots, loaded once per process on first use.
-fn system_roots() -> Arc<RootCertStore> {
+/// The system's trusted roots, loaded once per process on first use (for
+/// upstreams and the auth backends that name no CA of their own).
+pub(crate) fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
@@ -241,7 +242,7 @@ fn system_roots() -> Arc<RootCertStore> {
             if added == 0 {
                 tracing::warn!(
                     ignored,
-                    "no system TLS roots loaded: upstreams without `tls.ca` cannot be verified"
+                    "no system TLS roots loaded: servers cannot be verified without a configured CA"
                 );
             }
             Arc::new(roots)
