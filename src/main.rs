@@ -150,7 +150,66 @@ fn summary(out: &mut impl Write, file: &str, gw: &portico::gateway::Gateway) -> 
             (_, _, Some(rs)) => format!("respond {}", rs.status),
             _ => "nothing".into(),
         };
-        writeln!(out, "  {}: {}", r.name.value, action)?;
+        let mut guards = Vec::new();
+        if let Some(ip) = &r.ip_rules {
+            guards.push(format!(
+                "ip rules ({} allow, {} deny)",
+                ip.allow.len(),
+                ip.deny.len()
+            ));
+        }
+        if let Some(auth) = &r.auth {
+            let names: Vec<&str> = auth
+                .value
+                .providers
+                .iter()
+                .map(|p| p.value.as_str())
+                .collect();
+            let anonymous = if auth.value.anonymous {
+                ", anonymous"
+            } else {
+                ""
+            };
+            guards.push(
+                format!(
+                    "auth {:?} of {}{anonymous}",
+                    auth.value.mode,
+                    names.join(", ")
+                )
+                .to_lowercase(),
+            );
+        }
+        if r.authorize.is_some() {
+            guards.push("authorize".into());
+        }
+        if !r.rate_limit.is_empty() {
+            guards.push(format!("{} rate limit(s)", r.rate_limit.len()));
+        }
+        if guards.is_empty() {
+            writeln!(out, "  {}: {}", r.name.value, action)?;
+        } else {
+            writeln!(
+                out,
+                "  {}: {} [{}]",
+                r.name.value,
+                action,
+                guards.join("; ")
+            )?;
+        }
+    }
+    if !gw.config.consumers.is_empty() || !gw.config.auth_providers.is_empty() {
+        let providers: Vec<&str> = gw
+            .config
+            .auth_providers
+            .keys()
+            .map(String::as_str)
+            .collect();
+        writeln!(
+            out,
+            "consumers: {}; auth providers: {}",
+            gw.config.consumers.len(),
+            providers.join(", ")
+        )?;
     }
     out.flush()
 }
