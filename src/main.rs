@@ -170,14 +170,11 @@ fn summary(out: &mut impl Write, file: &str, gw: &portico::gateway::Gateway) -> 
             } else {
                 ""
             };
-            guards.push(
-                format!(
-                    "auth {:?} of {}{anonymous}",
-                    auth.value.mode,
-                    names.join(", ")
-                )
-                .to_lowercase(),
-            );
+            let mode = match auth.value.mode {
+                portico::config::AuthMode::Any => "any",
+                portico::config::AuthMode::All => "all",
+            };
+            guards.push(format!("auth {mode} of {}{anonymous}", names.join(", ")));
         }
         if r.authorize.is_some() {
             guards.push("authorize".into());
