@@ -4,6 +4,7 @@
 
 pub mod grpc;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 pub mod ws;
 
