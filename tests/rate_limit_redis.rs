@@ -167,8 +167,8 @@ async fn reconcile_mode_two_gateways_stay_within_the_bound() {
     let mut a = Gateway::start(&yaml);
     let mut b = Gateway::start(&yaml);
     let addrs = [a.addr("main"), b.addr("main")];
-    // Worst case (N = 2, burst 40, rate 40/h): (N - 1) * (burst + rate *
-    // (sync_interval + round trip)) = 40 + 0.002 → at most 80 pass.
+    // Worst case (N = 2, burst 40, rate 40/h): (N - 1) * (burst + rate * W)
+    // with W = 3 * sync_interval + round trip: 40 + 0.004 → at most 80 pass.
     let bound = 40 + 40 + 1;
 
     // A burst: 100 requests at once on each gateway.

@@ -22,6 +22,11 @@ const SECRET_WORDS: [&str; 7] = [
     "authorization",
 ];
 
+/// Key names that hold no secret although one of their words is `key`: a
+/// rate limit's key spec, key counts and prefixes, a public key, a JWT
+/// provider's key list (its secrets are under `secret`).
+const NOT_SECRETS: [&str; 5] = ["key", "keys", "max_keys", "key_prefix", "public_key"];
+
 /// The config as `GET /config` shows it: every value under a key that names a
 /// secret is replaced, wherever it is, so settings added later are covered
 /// without a list to keep up to date.
@@ -47,7 +52,7 @@ fn redact(value: &mut Value) {
                 }
                 // An object under such a key is a structure (an upstream
                 // named `keycloak-api`, say) whose own keys tell.
-                if names_a_secret(key) && !v.is_object() {
+                if names_a_secret(key) && !NOT_SECRETS.contains(&key.as_str()) && !v.is_object() {
                     redact_all(v);
                 } else {
                     redact(v);
@@ -68,7 +73,9 @@ fn redact(value: &mut Value) {
 /// when it has some: a secret under any key name.
 fn without_userinfo(s: &str) -> Option<String> {
     let start = s.find("://")? + 3;
-    let authority_end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    let authority_end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
     let at = s[start..authority_end].rfind('@')? + start;
     Some(format!("{}{REDACTED}{}", &s[..start], &s[at..]))
 }
@@ -147,6 +154,33 @@ pub fn upstreams(gw: &Gateway) -> Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_settings_that_are_not_secrets_stay_visible() {
+        let mut v = json!({
+            "consumers": [{ "name": "a", "api_keys": ["k1", { "sha256": "ab" }] }],
+            "auth_providers": { "t": { "jwt": { "keys": [
+                { "kid": "k", "alg": "HS256", "secret": "s", "public_key": null }
+            ] } } },
+            "rate_limits": { "r": { "key": "consumer", "max_keys": 10 } },
+            "redis": { "key_prefix": "p" },
+        });
+        redact(&mut v);
+        assert_eq!(
+            v["consumers"][0]["api_keys"],
+            json!([REDACTED, { "sha256": REDACTED }])
+        );
+        let key = &v["auth_providers"]["t"]["jwt"]["keys"][0];
+        assert_eq!(
+            (&key["kid"], &key["secret"]),
+            (&json!("k"), &json!(REDACTED))
+        );
+        assert_eq!(
+            v["rate_limits"]["r"],
+            json!({ "key": "consumer", "max_keys": 10 })
+        );
+        assert_eq!(v["redis"]["key_prefix"], "p");
+    }
 
     #[test]
     fn user_information_in_urls_is_hidden() {

@@ -147,7 +147,7 @@ impl Basic {
         ))
         .map_err(|_| {
             format!(
-                "`realm: {}` must be printable ASCII",
+                "`realm: {}` must not contain control characters",
                 cfg.realm.escape_debug()
             )
         })?;

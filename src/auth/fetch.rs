@@ -265,7 +265,6 @@ impl Client {
     }
 }
 
-
 /// `s` encoded as `application/x-www-form-urlencoded` (HTML's algorithm:
 /// alphanumerics and `*-._` kept, space as `+`, every other byte `%XX`).
 pub fn form_encode(s: &str, out: &mut String) {

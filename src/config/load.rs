@@ -458,7 +458,10 @@ mod tests {
         std::fs::write(dir.path().join("two"), "a\nb\n").unwrap();
         let cfg = dir.path().join("portico.yaml").display().to_string();
         let f = |text: &str| interpolate(text, &cfg, env);
-        assert_eq!(f("k: ${file:key} # ${file:nope}\n").unwrap(), "k: s3cret # ${file:nope}\n");
+        assert_eq!(
+            f("k: ${file:key} # ${file:nope}\n").unwrap(),
+            "k: s3cret # ${file:nope}\n"
+        );
         let abs = dir.path().join("key").display().to_string();
         assert_eq!(f(&format!("k: ${{file:{abs}}}")).unwrap(), "k: s3cret");
         let e = f("a: 1\nk: ${file:missing}\n").unwrap_err();

@@ -1,8 +1,8 @@
 //! The config schema of API management, part two: rate and concurrency
 //! limits, and the Redis store that shares them between gateway instances.
 
-use serde::{Deserialize, Serialize};
 use super::units::{Dur, Rate};
+use serde::{Deserialize, Serialize};
 
 /// A limit: a rate (`rate`, optional `burst`) or a concurrency cap
 /// (`concurrency`), counted per key.
@@ -161,7 +161,7 @@ impl<'de> Deserialize<'de> for RateLimitRef {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS); with
+    /// `redis://[user:password@]host:port[/db]` (TLS, `rediss://`, is not supported yet); with
     /// `cluster: true`, one or more seed nodes of the cluster.
     pub urls: Vec<String>,
     /// The nodes form a Redis Cluster.

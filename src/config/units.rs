@@ -58,9 +58,9 @@ pub struct Rate {
 /// Parses a rate such as `100/s`, `1000/h` or `50/10s` (a bare unit means one of it).
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
     let s = s.trim();
-    let (count, period) = s
-        .split_once('/')
-        .ok_or_else(|| format!("rate `{s}` must read `<count>/<period>`, such as `100/s` or `1000/h`"))?;
+    let (count, period) = s.split_once('/').ok_or_else(|| {
+        format!("rate `{s}` must read `<count>/<period>`, such as `100/s` or `1000/h`")
+    })?;
     let count: u64 = count
         .trim()
         .parse()
@@ -72,7 +72,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         parse_duration(&format!("1{period}"))?
     };
     if count == 0 {
-        return Err(format!("rate `{s}` allows no request; remove the limit or raise the count"));
+        return Err(format!(
+            "rate `{s}` allows no request; remove the limit or raise the count"
+        ));
     }
     if period.is_zero() {
         return Err(format!("rate `{s}` has a zero period"));
@@ -212,7 +214,12 @@ mod tests {
 
     #[test]
     fn rates() {
-        let r = |count, secs| Ok(Rate { count, period: Duration::from_secs(secs) });
+        let r = |count, secs| {
+            Ok(Rate {
+                count,
+                period: Duration::from_secs(secs),
+            })
+        };
         assert_eq!(parse_rate("100/s"), r(100, 1));
         assert_eq!(parse_rate("1000/h"), r(1000, 3600));
         assert_eq!(parse_rate("50/10s"), r(50, 10));

@@ -371,11 +371,10 @@ impl Metrics {
     /// The counter of authentication outcomes `result` (`accepted`,
     /// `anonymous`, `unauthorized`, `forbidden`, `unavailable`) on a route.
     pub fn auth(&self, route: &str, result: &'static str) -> Counter {
-        self.auth
-            .get_or_create_owned(&RouteResultLabels {
-                route: route.to_owned(),
-                result,
-            })
+        self.auth.get_or_create_owned(&RouteResultLabels {
+            route: route.to_owned(),
+            result,
+        })
     }
 
     /// The counter of a limit's decisions `result` (`allowed`, `limited`,

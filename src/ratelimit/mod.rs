@@ -209,7 +209,8 @@ impl Compiler<'_> {
             return Err("`max_keys` must be at least 1".into());
         }
         if cfg.store == LimitStore::Local
-            && (cfg.mode != LimitMode::default() || cfg.sync_interval != crate::config::default_sync_interval())
+            && (cfg.mode != LimitMode::default()
+                || cfg.sync_interval != crate::config::default_sync_interval())
         {
             return Err("`mode` and `sync_interval` apply to `store: redis` only".into());
         }
@@ -394,7 +395,11 @@ impl RateLimitFilter {
                             }
                             FailMode::Closed => Some(
                                 ProxyError::new(ErrorKind::LimiterUnavailable)
-                                    .context(format_args!("rate limit `{}`: {e}", limit.name)),
+                                    .context(format_args!("rate limit `{}`: {e}", limit.name))
+                                    .header(
+                                        http::header::RETRY_AFTER,
+                                        http::HeaderValue::from_static("1"),
+                                    ),
                             ),
                         }
                     }

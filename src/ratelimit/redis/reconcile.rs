@@ -9,10 +9,11 @@
 //! one script call: the cost admitted here is added to the shared TAT
 //! (forced: those requests already passed) and the shared TAT comes back;
 //! the local TAT moves up to it. Instances thus see each other's traffic
-//! one sync late, which bounds the overshoot (see the docs: at most
-//! `(N - 1) * min(burst + rate * (sync_interval + d), λ * (sync_interval + d))`
-//! requests over the limit for N instances, round trip d and arrival rate λ
-//! per instance).
+//! within a window W = 3 * sync_interval + d (local state is trusted for two
+//! intervals, and a sync may land an interval late), which bounds the
+//! overshoot (see docs/api-management.md): at most
+//! `(N - 1) * min(burst + rate * W, λ * W)` requests over the limit for N
+//! instances, round trip d and arrival rate λ per instance.
 //!
 //! When Redis is unreachable, decisions go on locally with
 //! `on_store_error: open` (each instance enforces the limit on its own)
