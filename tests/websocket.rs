@@ -247,3 +247,46 @@ async fn shutdown_waits_for_open_tunnels() {
     assert_eq!(reply, Message::text("still there?"));
     assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// A concurrency limit counts an upgraded connection as in flight until the
+/// tunnel closes, not only until the 101 is sent.
+#[tokio::test]
+async fn a_concurrency_limit_holds_a_slot_for_the_tunnels_life() {
+    let echo = ws::echo().await;
+    let yaml = format!(
+        "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nupstreams:\n  ws: {{ endpoints: [\"{}\"] }}\nroutes:\n  - name: ws\n    match: {{ prefix: /ws }}\n    upstream: ws\n    rate_limit: [{{ key: ip, concurrency: 1 }}]\n",
+        echo.addr
+    );
+    let mut gw = Gateway::start(&yaml);
+    let url = format!("ws://{}/ws", gw.addr("main"));
+    let connect = || async {
+        timeout(LIMIT, tokio_tungstenite::connect_async(url.as_str()))
+            .await
+            .expect("handshake timed out")
+    };
+    let (mut first, resp) = connect().await.expect("the first tunnel opens");
+    assert_eq!(resp.status(), 101);
+    first.send(Message::text("ping")).await.unwrap();
+    assert_eq!(
+        timeout(LIMIT, first.next()).await.unwrap().unwrap().unwrap(),
+        Message::text("ping")
+    );
+    match connect().await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("a second tunnel while the first is open: {other:?}"),
+    }
+    first.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = timeout(LIMIT, first.next()).await {}
+    drop(first);
+    // The slot comes back once the tunnel has closed.
+    let mut reopened = false;
+    for _ in 0..50 {
+        if let Ok((mut again, _)) = connect().await {
+            again.close(None).await.unwrap();
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "the slot was never given back");
+}

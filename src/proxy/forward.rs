@@ -206,9 +206,13 @@ pub async fn forward(
         // The tunnel keeps the client's socket: it keeps the connection's
         // slots under the listener's caps too.
         let slots = ctx.conn.slots.clone();
+        // A concurrency limit counts the tunnel as a request in flight for
+        // its whole life (the 101's body is gone at once).
+        let held = std::mem::take(&mut ctx.held);
         tokio::spawn(async move {
             let _active = active;
             let _slots = slots;
+            let _held = held;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
