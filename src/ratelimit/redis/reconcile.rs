@@ -63,6 +63,15 @@ pub(super) struct Reconciler {
     next_sync: AtomicU64,
 }
 
+/// Clears the `syncing` flag when dropped.
+struct Syncing<'a>(&'a AtomicBool);
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// The local map's key of a Redis limit key (a digest already; any stable
 /// hash spreads it over the shards).
 fn slot(key: &str) -> u64 {
@@ -210,8 +219,10 @@ impl Reconciler {
         let inner = inner.clone();
         tokio::spawn(async move {
             if let Some(r) = &inner.reconcile {
+                // Cleared however the sync ends (a task that panics or is
+                // cancelled must not stop every later sync).
+                let _done = Syncing(&r.syncing);
                 r.sync(&inner).await;
-                r.syncing.store(false, Ordering::Relaxed);
             }
         });
         Duration::from_nanos(self.interval)
