@@ -343,6 +343,15 @@ async fn access_log_names_the_consumer_and_metrics_count_outcomes() {
     assert_eq!(r.status, 401);
     let r = send(addr, request("/open/logged", &[])).await;
     assert_eq!(r.status, 200);
+    // Keys sent in the query, accepted or not, never reach the log.
+    let r = send(
+        addr,
+        request(&format!("/keys/q?a=1&api_key={ALICE_KEY}"), &[]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(addr, request("/keys/q?api_key=wrong-key-123", &[])).await;
+    assert_eq!(r.status, 401);
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let line = loop {
@@ -361,6 +370,31 @@ async fn access_log_names_the_consumer_and_metrics_count_outcomes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(line["consumer"], "bob");
+    let logged = |path: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if gw.stdout_lines().iter().any(|l| l.contains(path)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    assert!(
+        logged("\"/keys/q?a=1&api_key=REDACTED\""),
+        "{:?}",
+        gw.stdout_lines()
+    );
+    assert!(
+        logged("\"/keys/q?api_key=REDACTED\""),
+        "{:?}",
+        gw.stdout_lines()
+    );
+    let out = gw.stdout_lines().join("\n");
+    assert!(
+        !out.contains(ALICE_KEY) && !out.contains("wrong-key-123"),
+        "{out}"
+    );
 
     let admin = gw.addr("admin");
     let metrics = support::get_path(admin, "/metrics").await.text();
@@ -375,8 +409,8 @@ async fn access_log_names_the_consumer_and_metrics_count_outcomes() {
             .and_then(|l| l.rsplit(' ').next())
             .map_or(0.0, |v| v.parse().unwrap())
     };
-    assert_eq!(value("keys", "accepted"), 1.0, "{metrics}");
-    assert_eq!(value("keys", "unauthorized"), 1.0, "{metrics}");
+    assert_eq!(value("keys", "accepted"), 2.0, "{metrics}");
+    assert_eq!(value("keys", "unauthorized"), 2.0, "{metrics}");
     assert_eq!(value("anon", "anonymous"), 1.0, "{metrics}");
 }
 
@@ -400,4 +434,56 @@ fn check_refuses_a_plain_password_with_its_location() {
     assert!(err.contains(&want), "{err}");
     assert!(err.contains("plain passwords are not accepted"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn cookie_headers_with_non_ascii_bytes_are_read_and_stripped() {
+    let up = upstream::named("app").await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+consumers:
+  - {{ name: alice, api_keys: ["${{ALICE_KEY}}"] }}
+auth_providers:
+  ck: {{ api_key: {{ from: [{{ cookie: session }}] }} }}
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ providers: [ck], anonymous: true }} }}
+  - {{ name: c, match: {{ prefix: / }}, upstream: app, auth: {{ providers: [ck] }} }}
+"#,
+        up.addr
+    );
+    let mut gw = Gateway::start_with_env(&yaml, &[("ALICE_KEY", ALICE_KEY)]);
+    let addr = gw.addr("main");
+    let with_cookies = |path: &str, cookies: &[&[u8]]| {
+        let mut b = Request::get(path).header("host", "shop.example");
+        for c in cookies {
+            b = b.header("cookie", http::HeaderValue::from_bytes(c).unwrap());
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    let alice = format!("session={ALICE_KEY}");
+
+    // A second, non-ASCII cookie header carrying the credential again.
+    let r = send(
+        addr,
+        with_cookies("/c", &[alice.as_bytes(), b"session=forged; t=\xff"]),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    // Alone, on a route that lets requests without a credential through.
+    let r = send(addr, with_cookies("/open", &[b"t=\xff; session=forged"])).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(up.count(), 0);
+
+    // Read from such a header, and stripped from it, the rest kept.
+    let mut cookie = alice.into_bytes();
+    cookie.extend_from_slice(b"; t=\xff");
+    let r = send(addr, with_cookies("/c", &[&cookie])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(seen.headers["x-consumer"], "alice");
+    let left: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(left, [&b"t=\xff"[..]]);
 }

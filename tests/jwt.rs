@@ -879,3 +879,122 @@ routes:
         "{err}"
     );
 }
+
+/// A token signed with the HMAC `secret` (no `kid`).
+fn hs256(secret: &str, claims: &Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `GET path` with one `Authorization` header per value.
+async fn with_authorization(addr: SocketAddr, path: &str, values: &[String]) -> Reply {
+    let mut req = Request::get(path).header("host", "localhost");
+    for v in values {
+        req = req.header("authorization", v.as_str());
+    }
+    send(addr, req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+#[tokio::test]
+async fn a_bearer_value_with_a_tab_is_refused_never_forwarded() {
+    let up = app().await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+auth_providers:
+  idp: {{ jwt: {{ keys: [{{ alg: HS256, secret: "{SECRET}" }}] }} }}
+upstreams:
+  u: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: anon, match: {{ prefix: /anon }}, upstream: u, auth: {{ providers: [idp], anonymous: true }} }}
+  - {{ name: api, match: {{ prefix: / }}, upstream: u, auth: {{ providers: [idp] }} }}
+"#,
+        up.addr
+    );
+    let mut gw = Gateway::start(&yaml);
+    let addr = gw.addr("main");
+    let good = hs256(SECRET, &claims(json!({})));
+    let forged = format!(
+        "{}.{}.",
+        b64json(&json!({ "alg": "none" })),
+        b64json(&claims(json!({ "sub": "admin" })))
+    );
+
+    // A valid token next to a tab-separated forged one: the second value is
+    // of the same scheme, so the token is sent twice.
+    let both = [format!("Bearer {good}"), format!("Bearer\t{forged}")];
+    for path in ["/", "/anon"] {
+        let r = with_authorization(addr, path, &both).await;
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+    }
+    // Alone, on a route that lets requests without a credential through.
+    for v in [
+        format!("Bearer\t{forged}"),
+        "Bearer".into(),
+        format!("bearer,{forged}"),
+    ] {
+        let r = with_authorization(addr, "/anon", std::slice::from_ref(&v)).await;
+        assert_eq!(r.status, 401, "{v:?}: {}", r.text());
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+
+    // Several spaces are still `1*SP`; the credential is not forwarded.
+    let r = with_authorization(
+        addr,
+        "/",
+        &[format!("bearer   {good}"), "Basic dTpw".into()],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let left: Vec<_> = up.seen()[0]
+        .headers
+        .get_all("authorization")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(left, ["Basic dTpw"]);
+}
+
+#[tokio::test]
+async fn a_subject_names_a_consumer_only_for_its_provider() {
+    const PARTNER: &str = "the-partner-secret-of-32-bytes-or-more";
+    let up = app().await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+consumers:
+  - name: alice
+    groups: [staff]
+    subjects: [{{ provider: corp, subject: alice-sub }}]
+auth_providers:
+  corp: {{ jwt: {{ keys: [{{ alg: HS256, secret: "{SECRET}" }}] }} }}
+  partner: {{ jwt: {{ keys: [{{ alg: HS256, secret: "{PARTNER}" }}] }} }}
+upstreams:
+  u: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: staff, match: {{ prefix: /staff }}, upstream: u, auth: {{ providers: [corp, partner] }}, authorize: {{ groups: [staff] }} }}
+  - {{ name: api, match: {{ prefix: / }}, upstream: u, auth: {{ providers: [corp, partner] }} }}
+"#,
+        up.addr
+    );
+    let mut gw = Gateway::start(&yaml);
+    let addr = gw.addr("main");
+    let sub = claims(json!({ "sub": "alice-sub" }));
+    let corp = hs256(SECRET, &sub);
+    let partner = hs256(PARTNER, &sub);
+
+    let r = bearer(addr, "/staff", &partner).await;
+    assert_eq!(r.status, 403, "a partner token is not alice: {}", r.text());
+    let r = bearer(addr, "/open", &partner).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(up.seen()[0].headers.get("x-consumer").is_none());
+
+    let r = bearer(addr, "/staff", &corp).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen()[1].headers.get("x-consumer").unwrap(), "alice");
+    assert_eq!(up.count(), 2);
+}

@@ -268,7 +268,11 @@ async fn a_concurrency_limit_holds_a_slot_for_the_tunnels_life() {
     assert_eq!(resp.status(), 101);
     first.send(Message::text("ping")).await.unwrap();
     assert_eq!(
-        timeout(LIMIT, first.next()).await.unwrap().unwrap().unwrap(),
+        timeout(LIMIT, first.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
         Message::text("ping")
     );
     match connect().await {

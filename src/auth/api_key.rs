@@ -69,7 +69,7 @@ mod tests {
     fn keys_are_matched_by_digest() {
         let yaml = "listeners: [{ name: l, address: \"127.0.0.1:0\" }]\nconsumers:\n  - name: a\n    api_keys: [k1]\n";
         let cfg = crate::config::load_str(yaml, "t.yaml").unwrap();
-        let c = Consumers::compile(&cfg.consumers, "t.yaml").unwrap();
+        let c = Consumers::compile(&cfg, "t.yaml").unwrap();
         let p = ApiKey::compile("keys", &ApiKeyConfig::default()).unwrap();
         let req = |k: Option<&str>| {
             let mut b = Request::builder();

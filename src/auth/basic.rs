@@ -282,7 +282,7 @@ mod tests {
             "listeners: [{{ name: l, address: \"127.0.0.1:0\" }}]\nconsumers:\n  - name: alice\n    basic: [{{ username: al, password_hash: \"{hash}\" }}]\n"
         );
         let cfg = crate::config::load_str(&yaml, "t.yaml").unwrap();
-        Consumers::compile(&cfg.consumers, "t.yaml").unwrap()
+        Consumers::compile(&cfg, "t.yaml").unwrap()
     }
 
     fn req(auth: &str) -> Request<()> {

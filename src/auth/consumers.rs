@@ -10,7 +10,10 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq as _;
 
 use super::basic::PasswordHash;
-use crate::config::{ApiKeyCredential, ConfigError, ConsumerConfig};
+use crate::config::{
+    ApiKeyCredential, AuthProviderConfig, Config, ConfigError, ConsumerConfig, SubjectEntry,
+};
+use serde_saphyr::Spanned;
 
 /// The SHA-256 digest of an API key.
 pub type KeyDigest = [u8; 32];
@@ -40,7 +43,12 @@ pub struct BasicUser {
 pub struct Consumers {
     keys: HashMap<KeyDigest, Arc<Consumer>>,
     users: HashMap<Box<str>, BasicUser>,
-    subjects: HashMap<Box<str>, Arc<Consumer>>,
+    /// Token subjects by provider name, then subject: a token of one
+    /// provider never names a consumer through another provider's subject.
+    subjects: HashMap<Box<str>, HashMap<Box<str>, Arc<Consumer>>>,
+    /// Subjects written without a provider: allowed only when the config has
+    /// a single token provider, so they match that one.
+    plain_subjects: HashMap<Box<str>, Arc<Consumer>>,
     /// A real hash of the config, verified for unknown user names so that
     /// the time taken does not tell which users exist.
     dummy: Option<Arc<PasswordHash>>,
@@ -67,9 +75,34 @@ fn parse_hex_digest(s: &str) -> Option<KeyDigest> {
     Some(out)
 }
 
+/// The `auth_providers` of a config.
+type ProviderMap = std::collections::BTreeMap<String, Spanned<AuthProviderConfig>>;
+
+/// Whether a provider reads tokens whose subjects name consumers.
+fn is_token_provider(p: &AuthProviderConfig) -> bool {
+    matches!(
+        p,
+        AuthProviderConfig::Jwt(_) | AuthProviderConfig::Introspection(_)
+    )
+}
+
 impl Consumers {
-    /// Indexes the consumers; errors carry their location.
-    pub fn compile(cfg: &[ConsumerConfig], file: &str) -> Result<Self, Vec<ConfigError>> {
+    /// Indexes the consumers of `cfg`, checking their subjects against its
+    /// auth providers; errors carry their location.
+    pub fn compile(cfg: &Config, file: &str) -> Result<Self, Vec<ConfigError>> {
+        Self::index(&cfg.consumers, &cfg.auth_providers, file)
+    }
+
+    fn index(
+        cfg: &[ConsumerConfig],
+        providers: &ProviderMap,
+        file: &str,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let token_providers: Vec<&str> = providers
+            .iter()
+            .filter(|(_, p)| is_token_provider(&p.value))
+            .map(|(n, _)| n.as_str())
+            .collect();
         let mut errors = Vec::new();
         let mut this = Self::default();
         let mut names: HashMap<&str, ()> = HashMap::with_capacity(cfg.len());
@@ -160,21 +193,33 @@ impl Consumers {
                     },
                 );
             }
-            for subject in &c.subjects {
-                if subject.is_empty() {
-                    errors.push(at(&c.name.referenced, "a subject must not be empty".into()));
-                } else if let Some(other) = this.subjects.get(subject.as_str()) {
+            for entry in &c.subjects {
+                let (provider, subject) = match &entry.value {
+                    SubjectEntry::Plain(s) => (None, s.as_str()),
+                    SubjectEntry::Qualified { provider, subject } => {
+                        (Some(provider.as_str()), subject.as_str())
+                    }
+                };
+                if let Err(e) = check_subject(provider, subject, providers, &token_providers) {
+                    errors.push(at(&entry.referenced, e));
+                    continue;
+                }
+                if let Some(other) = this.subject_owner(provider, subject) {
+                    let of = provider.map_or(String::new(), |p| format!(" of provider `{p}`"));
                     errors.push(at(
-                        &c.name.referenced,
+                        &entry.referenced,
                         format!(
-                            "subject `{subject}` is also a subject of consumer `{}`",
+                            "subject `{subject}`{of} is also a subject of consumer `{}`",
                             other.name
                         ),
                     ));
-                } else {
-                    this.subjects
-                        .insert(subject.as_str().into(), consumer.clone());
+                    continue;
                 }
+                let map = match provider {
+                    Some(p) => this.subjects.entry(p.into()).or_default(),
+                    None => &mut this.plain_subjects,
+                };
+                map.insert(subject.into(), consumer.clone());
             }
         }
         if errors.is_empty() {
@@ -202,9 +247,53 @@ impl Consumers {
         self.dummy.as_ref()
     }
 
-    /// The consumer a token subject names.
-    pub fn by_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
-        self.subjects.get(subject)
+    /// The consumer a subject of a token from `provider` names.
+    pub fn by_subject(&self, provider: &str, subject: &str) -> Option<&Arc<Consumer>> {
+        self.subjects
+            .get(provider)
+            .and_then(|m| m.get(subject))
+            .or_else(|| self.plain_subjects.get(subject))
+    }
+
+    /// The consumer already holding `subject` for `provider`: a plain
+    /// subject stands for the single token provider, so it clashes with the
+    /// same subject under any provider.
+    fn subject_owner(&self, provider: Option<&str>, subject: &str) -> Option<&Arc<Consumer>> {
+        match provider {
+            Some(p) => self.by_subject(p, subject),
+            None => self
+                .plain_subjects
+                .get(subject)
+                .or_else(|| self.subjects.values().find_map(|m| m.get(subject))),
+        }
+    }
+}
+
+/// Checks one `subjects` entry against the config's providers (when known).
+fn check_subject(
+    provider: Option<&str>,
+    subject: &str,
+    providers: &ProviderMap,
+    token_providers: &[&str],
+) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("a subject must not be empty".into());
+    }
+    match provider {
+        None if token_providers.len() > 1 => Err(format!(
+            "subject `{subject}` needs `provider:` when several token providers exist ({}): write `{{ provider: <name>, subject: {subject} }}`",
+            token_providers.join(", ")
+        )),
+        None => Ok(()),
+        Some(p) => match providers.get(p) {
+            None => Err(format!(
+                "subject `{subject}`: `provider: {p}` names no entry of `auth_providers`"
+            )),
+            Some(def) if !is_token_provider(&def.value) => Err(format!(
+                "subject `{subject}`: `provider: {p}` is not a `jwt` or `introspection` provider"
+            )),
+            Some(_) => Ok(()),
+        },
     }
 }
 
@@ -217,7 +306,7 @@ pub(crate) mod tests {
         let text =
             format!("listeners: [{{ name: l, address: \"127.0.0.1:0\" }}]\nconsumers:\n{yaml}");
         let cfg = crate::config::load_str(&text, "c.yaml").map_err(|e| e.to_string())?;
-        Consumers::compile(&cfg.consumers, "c.yaml").map_err(|e| {
+        Consumers::compile(&cfg, "c.yaml").map_err(|e| {
             e.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
@@ -299,8 +388,134 @@ pub(crate) mod tests {
         assert_eq!(&*u.consumer.name, "a");
         assert!(c.by_username("Alice").is_none());
         assert!(c.dummy_hash().is_some());
-        assert_eq!(&*c.by_subject("sub-1").unwrap().name, "a");
-        assert!(c.by_subject("sub-2").is_none());
+        assert_eq!(&*c.by_subject("any", "sub-1").unwrap().name, "a");
+        assert!(c.by_subject("any", "sub-2").is_none());
+    }
+
+    /// Compiles `consumers` against providers `corp` and `partner` (JWT),
+    /// `intro` (introspection) and `keys` (API keys), or only those listed in `only`.
+    fn with_providers(only: &[&str], consumers: &str) -> Result<Consumers, String> {
+        let all = [
+            ("corp", "{ jwt: { keys: [{ alg: HS256, secret: s }] } }"),
+            ("partner", "{ jwt: { keys: [{ alg: HS256, secret: t }] } }"),
+            (
+                "intro",
+                "{ introspection: { endpoint: \"http://127.0.0.1:1/\", client_id: c, client_secret: s } }",
+            ),
+            ("keys", "{ api_key: {} }"),
+        ];
+        let providers: String = all
+            .iter()
+            .filter(|(n, _)| only.contains(n))
+            .map(|(n, d)| format!("  {n}: {d}\n"))
+            .collect();
+        let text = format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:0\" }}]\nauth_providers:\n{providers}consumers:\n{consumers}"
+        );
+        let cfg = crate::config::load_str(&text, "c.yaml").map_err(|e| e.to_string())?;
+        Consumers::compile(&cfg, "c.yaml").map_err(|e| {
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    #[test]
+    fn qualified_subjects_match_only_their_provider() {
+        let c = with_providers(
+            &["corp", "partner", "keys"],
+            "  - name: alice\n    subjects: [{ provider: corp, subject: alice-sub }]\n  - name: p\n    subjects: [{ provider: partner, subject: alice-sub }]\n",
+        )
+        .unwrap();
+        assert_eq!(&*c.by_subject("corp", "alice-sub").unwrap().name, "alice");
+        assert_eq!(&*c.by_subject("partner", "alice-sub").unwrap().name, "p");
+        assert!(c.by_subject("keys", "alice-sub").is_none());
+        assert!(c.by_subject("corp", "p").is_none());
+
+        // With a single token provider, a plain subject is that provider's.
+        let c = with_providers(
+            &["corp", "keys"],
+            "  - name: alice\n    subjects: [alice-sub]\n",
+        )
+        .unwrap();
+        assert_eq!(&*c.by_subject("corp", "alice-sub").unwrap().name, "alice");
+    }
+
+    #[test]
+    fn subjects_are_checked_against_the_providers() {
+        let two = ["corp", "intro", "keys"];
+        let e =
+            with_providers(&two, "  - name: alice\n    subjects: [ok, alice-sub]\n").unwrap_err();
+        assert!(
+            e.starts_with("c.yaml:8:16: consumer `alice`: subject `ok` needs `provider:` when several token providers exist (corp, intro)"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 2, "{e}");
+        let e = with_providers(
+            &two,
+            "  - name: alice\n    subjects: [{ provider: nope, subject: s }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`provider: nope` names no entry of `auth_providers`"),
+            "{e}"
+        );
+        let e = with_providers(
+            &two,
+            "  - name: alice\n    subjects: [{ provider: keys, subject: s }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`provider: keys` is not a `jwt` or `introspection` provider"),
+            "{e}"
+        );
+        let e = with_providers(
+            &two,
+            "  - name: a\n    subjects: [{ provider: corp, subject: \"\" }]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("must not be empty"), "{e}");
+        let e = with_providers(
+            &two,
+            "  - name: a\n    subjects: [{ provider: corp, subject: s, x: 1 }]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+
+        // Unique per (provider, subject).
+        let e = with_providers(
+            &two,
+            "  - name: a\n    subjects: [{ provider: corp, subject: s }]\n  - name: b\n    subjects: [{ provider: corp, subject: s }, { provider: intro, subject: s }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "consumer `b`: subject `s` of provider `corp` is also a subject of consumer `a`"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        let e = with_providers(
+            &["corp"],
+            "  - name: a\n    subjects: [{ provider: corp, subject: s }]\n  - name: b\n    subjects: [s]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("subject `s` is also a subject of consumer `a`"),
+            "{e}"
+        );
+        let e = with_providers(
+            &["corp"],
+            "  - name: a\n    subjects: [s]\n  - name: b\n    subjects: [{ provider: corp, subject: s }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("subject `s` of provider `corp` is also a subject of consumer `a`"),
+            "{e}"
+        );
+        // No token provider: plain subjects name nothing, but are no error.
+        assert!(with_providers(&["keys"], "  - name: a\n    subjects: [s]\n").is_ok());
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Introspection {
     }
 
     /// Checks the request's credential.
-    pub async fn authenticate<B>(&self, _name: &str, req: &Request<B>, c: &Consumers) -> Outcome {
+    pub async fn authenticate<B>(&self, req: &Request<B>, c: &Consumers) -> Outcome {
         let token = match self.sources.credential(req) {
             Ok(token) => token,
             Err(outcome) => return outcome,
@@ -218,7 +218,7 @@ impl Introspection {
         let named = text(&self.consumer_claim);
         let consumer = named
             .as_deref()
-            .and_then(|s| consumers.by_subject(s))
+            .and_then(|s| consumers.by_subject(&self.name, s))
             .cloned();
         let subject = named.or_else(|| text("sub"));
         Identity {

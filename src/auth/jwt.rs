@@ -135,7 +135,7 @@ impl Jwt {
     }
 
     /// Checks the request's credential.
-    pub async fn authenticate<B>(&self, _name: &str, req: &Request<B>, c: &Consumers) -> Outcome {
+    pub async fn authenticate<B>(&self, req: &Request<B>, c: &Consumers) -> Outcome {
         let token = match self.sources.credential(req) {
             Ok(token) => token,
             Err(outcome) => return outcome,
@@ -228,7 +228,7 @@ impl Jwt {
         let named = claim_text(&claims, &self.consumer_claim);
         let consumer = named
             .as_deref()
-            .and_then(|s| consumers.by_subject(s))
+            .and_then(|s| consumers.by_subject(&self.name, s))
             .cloned();
         let subject = named.or_else(|| claim_text(&claims, "sub"));
         Identity {

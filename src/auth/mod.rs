@@ -106,8 +106,8 @@ impl Provider {
         match &self.kind {
             ProviderKind::ApiKey(p) => p.authenticate(req, consumers),
             ProviderKind::Basic(p) => p.authenticate(req, consumers).await,
-            ProviderKind::Jwt(p) => p.authenticate(&self.name, req, consumers).await,
-            ProviderKind::Introspection(p) => p.authenticate(&self.name, req, consumers).await,
+            ProviderKind::Jwt(p) => p.authenticate(req, consumers).await,
+            ProviderKind::Introspection(p) => p.authenticate(req, consumers).await,
         }
     }
 
@@ -199,7 +199,7 @@ impl AuthState {
         metrics: &Metrics,
     ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let consumers = Consumers::compile(&cfg.consumers, file).unwrap_or_else(|e| {
+        let consumers = Consumers::compile(cfg, file).unwrap_or_else(|e| {
             errors.extend(e);
             Consumers::default()
         });
@@ -329,6 +329,9 @@ pub struct AuthFilter {
     claim_headers: Box<[(HeaderName, HeaderSource)]>,
     /// Each provider's challenge without an error, in `providers` order.
     challenges: Box<[HeaderValue]>,
+    /// Query parameters that carry credentials: their values are redacted
+    /// in the access log.
+    query_credentials: Box<[Box<str>]>,
     counters: Counters,
 }
 
@@ -387,7 +390,18 @@ impl AuthFilter {
             };
             claim_headers.push((name, source));
         }
+        let query_credentials = providers
+            .iter()
+            .flat_map(|p| match &p.config {
+                AuthProviderConfig::ApiKey(c) => c.from.as_slice(),
+                AuthProviderConfig::Jwt(c) => c.from.as_slice(),
+                AuthProviderConfig::Introspection(c) => c.from.as_slice(),
+                AuthProviderConfig::Basic(_) => &[],
+            })
+            .filter_map(|s| s.query.as_deref().map(Box::from))
+            .collect();
         Ok(Self {
+            query_credentials,
             challenges: providers.iter().map(|p| p.challenge(None)).collect(),
             providers: providers.into(),
             consumers: state.consumers.clone(),
@@ -417,6 +431,12 @@ impl AuthFilter {
         req: &mut http::Request<B>,
         ctx: &mut crate::pipeline::RequestCtx,
     ) -> Result<(), ProxyError> {
+        if !self.query_credentials.is_empty()
+            && let Some(record) = ctx.exchange.record()
+            && let Some(redacted) = source::redact_query(&record.path, &self.query_credentials)
+        {
+            record.path = redacted;
+        }
         let identity = match self.identify(req).await {
             Ok(identity) => identity,
             Err(Failure::Unavailable(why)) => {
@@ -665,7 +685,7 @@ mod tests {
             "providers: [key]\nclaims_to_headers: { x-tier: consumer.tier, x-email: email, x-roles: realm.roles, x-n: n }",
         );
         let cfg = crate::config::load_str(HEAD, "t.yaml").unwrap();
-        let consumers = Consumers::compile(&cfg.consumers, "t.yaml").unwrap();
+        let consumers = Consumers::compile(&cfg, "t.yaml").unwrap();
         let claims = serde_json::json!({"email": "a@b.c", "realm": {"roles": ["a", "b"]}, "n": 5});
         let id = Identity {
             consumer: consumers.by_key(&consumers::key_digest(b"ka")).cloned(),

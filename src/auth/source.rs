@@ -175,21 +175,26 @@ fn is_b64token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
-/// The credential of `value` when it is `<scheme> <token>` (scheme compared
-/// case-insensitively, RFC 9110 §11.1): `None` for another scheme.
+/// What follows the scheme when the leading token of `value` is `scheme`
+/// (compared case-insensitively, RFC 9110 §11.1); `None` for another scheme.
+/// The leading token ends at the first byte that is not a `tchar`: `Bearerx`
+/// is another scheme, while `Bearer<TAB>x` or `Bearer,x` is this one,
+/// malformed, so that it is refused and stripped rather than forwarded
+/// unverified.
 fn after_scheme<'v>(value: &'v [u8], scheme: &str) -> Option<&'v [u8]> {
-    let head = value.get(..scheme.len())?;
-    let rest = &value[scheme.len()..];
-    if !head.eq_ignore_ascii_case(scheme.as_bytes()) {
-        return None;
-    }
-    match rest.iter().position(|&b| b != b' ') {
-        None => Some(&[]),
-        // `1*SP` separates the scheme from its credentials; anything else
-        // means a longer scheme name (`Bearerx`).
-        Some(0) => None,
-        Some(n) => Some(&rest[n..]),
-    }
+    let (head, rest) = value.split_at_checked(scheme.len())?;
+    (head.eq_ignore_ascii_case(scheme.as_bytes()) && rest.first().is_none_or(|&b| !is_tchar(b)))
+        .then_some(rest)
+}
+
+/// The token of what follows a scheme: RFC 9110 §11.4 `1*SP token68` (the
+/// separator is spaces only, no tab), the token an RFC 6750 `b64token`.
+fn scheme_token(rest: &[u8]) -> Option<&str> {
+    let token = match rest.iter().position(|&b| b != b' ') {
+        Some(n) if n > 0 => &rest[n..],
+        _ => return None,
+    };
+    std::str::from_utf8(token).ok().filter(|t| is_b64token(t))
 }
 
 fn from_header<'r>(headers: &'r HeaderMap, name: &HeaderName, scheme: Option<&str>) -> Found<'r> {
@@ -203,9 +208,9 @@ fn from_header<'r>(headers: &'r HeaderMap, name: &HeaderName, scheme: Option<&st
             },
             Some(scheme) => match after_scheme(value.as_bytes(), scheme) {
                 None => continue,
-                Some(token) => match std::str::from_utf8(token) {
-                    Ok(token) if is_b64token(token) => token,
-                    _ => return Found::Malformed("the credential is malformed"),
+                Some(rest) => match scheme_token(rest) {
+                    Some(token) => token,
+                    None => return Found::Malformed("the credential is malformed"),
                 },
             },
         };
@@ -222,8 +227,8 @@ fn strip_header(headers: &mut HeaderMap, name: &HeaderName, scheme: Option<&str>
         headers.remove(name);
         return;
     };
-    // Only the values of this scheme: another provider may read the same
-    // header with another scheme, and it strips its own.
+    // Only the values of this scheme (well-formed or not): another provider
+    // may read the same header with another scheme, and it strips its own.
     let ours = |v: &HeaderValue| after_scheme(v.as_bytes(), scheme).is_some();
     if !headers.get_all(name).iter().any(ours) {
         return;
@@ -240,12 +245,24 @@ fn strip_header(headers: &mut HeaderMap, name: &HeaderName, scheme: Option<&str>
     }
 }
 
+/// `b` without leading and trailing SP and HTAB.
+fn trim_ows(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&c| c != b' ' && c != b'\t');
+    let end = b.iter().rposition(|&c| c != b' ' && c != b'\t');
+    match (start, end) {
+        (Some(s), Some(e)) => &b[s..=e],
+        _ => &[],
+    }
+}
+
 /// The `name=value` pairs of one `Cookie` header (RFC 6265 §5.4: pairs
 /// separated by `;`, the name up to the first `=`, spaces around trimmed).
-fn cookie_pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
-    value.split(';').filter_map(|pair| {
-        let (n, v) = pair.split_once('=')?;
-        Some((n.trim_matches([' ', '\t']), v.trim_matches([' ', '\t'])))
+/// Read as bytes: a header with non-ASCII bytes elsewhere still carries
+/// (and must still be stripped of) the credential.
+fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    value.split(|&b| b == b';').filter_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        Some((trim_ows(&pair[..eq]), trim_ows(&pair[eq + 1..])))
     })
 }
 
@@ -253,17 +270,14 @@ fn from_cookies<'r>(headers: &'r HeaderMap, name: &str) -> Found<'r> {
     let mut found = Found::Absent;
     // HTTP/2 may split cookies over several headers (RFC 9113 §8.2.3).
     for header in headers.get_all(header::COOKIE) {
-        let Ok(text) = header.to_str() else {
-            continue;
-        };
-        for (n, v) in cookie_pairs(text) {
-            if n != name {
+        for (n, v) in cookie_pairs(header.as_bytes()) {
+            if n != name.as_bytes() {
                 continue;
             }
             // RFC 6265 §4.1.1: a cookie-value may be wrapped in DQUOTEs.
             let v = v
-                .strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
+                .strip_prefix(b"\"")
+                .and_then(|x| x.strip_suffix(b"\""))
                 .unwrap_or(v);
             if v.is_empty() {
                 // An emptied cookie (after a logout) is no credential.
@@ -272,41 +286,44 @@ fn from_cookies<'r>(headers: &'r HeaderMap, name: &str) -> Found<'r> {
             if found != Found::Absent {
                 return Found::Malformed("the credential is sent more than once");
             }
-            found = Found::One(Cow::Borrowed(v));
+            match std::str::from_utf8(v) {
+                Ok(v) => found = Found::One(Cow::Borrowed(v)),
+                Err(_) => return Found::Malformed("the credential is not UTF-8"),
+            }
         }
     }
     found
 }
 
 fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    let has = |h: &HeaderValue| {
-        h.to_str()
-            .is_ok_and(|t| cookie_pairs(t).any(|(n, _)| n == name))
-    };
+    let has = |h: &HeaderValue| cookie_pairs(h.as_bytes()).any(|(n, _)| n == name.as_bytes());
     if !headers.get_all(header::COOKIE).iter().any(has) {
         return;
     }
     let mut kept = Vec::new();
     for h in headers.get_all(header::COOKIE) {
-        let Ok(text) = h.to_str() else {
-            kept.push(h.clone());
-            continue;
-        };
         if !has(h) {
             kept.push(h.clone());
             continue;
         }
-        let rest: Vec<&str> = text
-            .split(';')
-            .map(|p| p.trim_matches([' ', '\t']))
-            .filter(|p| !p.is_empty())
-            .filter(|p| {
-                p.split_once('=')
-                    .is_none_or(|(n, _)| n.trim_matches([' ', '\t']) != name)
-            })
-            .collect();
+        let mut rest = Vec::with_capacity(h.len());
+        for pair in h.as_bytes().split(|&b| b == b';').map(trim_ows) {
+            let ours = pair
+                .iter()
+                .position(|&b| b == b'=')
+                .is_some_and(|eq| trim_ows(&pair[..eq]) == name.as_bytes());
+            if pair.is_empty() || ours {
+                continue;
+            }
+            if !rest.is_empty() {
+                rest.extend_from_slice(b"; ");
+            }
+            rest.extend_from_slice(pair);
+        }
+        // The bytes come from a valid value: `from_bytes` cannot fail, and
+        // if it did the header would be dropped, never kept whole.
         if !rest.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
+            && let Ok(v) = HeaderValue::from_bytes(&rest)
         {
             kept.push(v);
         }
@@ -352,6 +369,30 @@ fn form_decode(s: &str) -> Option<Cow<'_, str>> {
 
 /// The pairs of a query string, split at `&`, each name split from its value
 /// at the first `=`.
+/// `pq`, a path and query as the access log keeps it, with the values of
+/// the query parameters `names` replaced by `REDACTED` (credentials never
+/// reach a log); `None` when it has none of them.
+pub fn redact_query(pq: &str, names: &[Box<str>]) -> Option<String> {
+    let (path, query) = pq.split_once('?')?;
+    let secret = |n: &str| names.iter().any(|name| param_is(n, name));
+    if !query_pairs(query).any(|(n, _)| secret(n)) {
+        return None;
+    }
+    let mut out = String::with_capacity(pq.len());
+    out.push_str(path);
+    for (i, part) in query.split('&').enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        match part.split_once('=') {
+            Some((n, _)) if secret(n) => {
+                out.push_str(n);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(part),
+        }
+    }
+    Some(out)
+}
+
 fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
@@ -408,6 +449,22 @@ fn strip_query(uri: &Uri, name: &str) -> Option<Uri> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn credentials_in_a_logged_query_are_redacted() {
+        let names: Vec<Box<str>> = vec!["api_key".into(), "access token".into()];
+        assert_eq!(
+            redact_query(
+                "/x?a=1&api_key=s3cret&b=2&access+token=t&api%5Fkey=z",
+                &names
+            )
+            .as_deref(),
+            Some("/x?a=1&api_key=REDACTED&b=2&access+token=REDACTED&api%5Fkey=REDACTED")
+        );
+        assert_eq!(redact_query("/x?a=1", &names), None);
+        assert_eq!(redact_query("/x", &names), None);
+    }
+
     use super::*;
 
     fn src(
@@ -492,6 +549,80 @@ mod tests {
         );
         assert_eq!(s.credential(&mixed).ok().as_deref(), Some("b"));
         assert_eq!(s.locate(&req("/", &[])), Found::Absent);
+    }
+
+    #[test]
+    fn a_value_of_our_scheme_is_ours_whatever_follows() {
+        let basic =
+            Sources::compile(&[src(Some("Authorization"), Some("Basic"), None, None)]).unwrap();
+        for (s, v) in [
+            (bearer(), "Bearer\tx"),
+            (bearer(), "Bearer \tx"),
+            (bearer(), "Bearer"),
+            (bearer(), "BEARER,x"),
+            (bearer(), "Bearer=x"),
+            (bearer(), "Bearer\"x\""),
+            (basic, "Basic\tdXNlcjpwdw=="),
+        ] {
+            // Never `Absent`: that would let the value through unverified
+            // on an anonymous route, or beside a valid credential.
+            let r = req("/", &[("authorization", v)]);
+            assert!(matches!(s.locate(&r), Found::Malformed(_)), "{v:?}");
+        }
+        // RFC 9110 §11.4: `1*SP` may be several spaces.
+        let r = req("/", &[("authorization", "bearer  x")]);
+        assert_eq!(bearer().credential(&r).ok().as_deref(), Some("x"));
+        // A valid token next to a tab-separated one is a second credential.
+        let r = req(
+            "/",
+            &[
+                ("authorization", "Bearer good"),
+                ("authorization", "Bearer\tforged"),
+            ],
+        );
+        assert!(matches!(bearer().credential(&r), Err(Outcome::Rejected(_))));
+    }
+
+    #[test]
+    fn strip_removes_every_value_of_this_scheme() {
+        let mut r = req(
+            "/",
+            &[
+                ("authorization", "Bearer good"),
+                ("authorization", "Bearer\tforged"),
+                ("authorization", "bearer"),
+                ("authorization", "Bearer,x"),
+                ("authorization", "Bearerx y"),
+                ("authorization", "Basic\tx"),
+            ],
+        );
+        bearer().strip(&mut r);
+        let left: Vec<_> = r.headers().get_all("authorization").iter().collect();
+        assert_eq!(left, ["Bearerx y", "Basic\tx"]);
+    }
+
+    #[test]
+    fn cookie_headers_with_non_ascii_bytes_are_read_and_stripped() {
+        let s = Sources::compile(&[src(None, None, Some("session"), None)]).unwrap();
+        let with = |values: &[&[u8]]| {
+            let mut r = req("/", &[]);
+            for v in values {
+                r.headers_mut()
+                    .append("cookie", HeaderValue::from_bytes(v).unwrap());
+            }
+            r
+        };
+        let r = with(&[b"t=\xff; session=tok"]);
+        assert_eq!(s.credential(&r).ok().as_deref(), Some("tok"));
+        let r = with(&[b"session=alice-key", b"session=forged; t=\xff"]);
+        assert!(matches!(s.locate(&r), Found::Malformed(_)));
+        let r = with(&[b"session=\xffx"]);
+        assert!(matches!(s.locate(&r), Found::Malformed(_)));
+
+        let mut r = with(&[b"session=alice-key", b"session=forged;\tt=\xff ;u=1"]);
+        s.strip(&mut r);
+        let left: Vec<_> = r.headers().get_all("cookie").iter().collect();
+        assert_eq!(left, [&b"t=\xff; u=1"[..]]);
     }
 
     #[test]

@@ -31,9 +31,58 @@ pub struct ConsumerConfig {
     pub basic: Vec<Spanned<BasicCredential>>,
     /// Identities that JWT and introspection providers map to this consumer:
     /// values of the provider's `consumer_claim` (for example the `sub` or
-    /// `client_id` of a token).
+    /// `client_id` of a token), each for one provider or, with a single token
+    /// provider, plain.
     #[serde(default)]
-    pub subjects: Vec<String>,
+    pub subjects: Vec<Spanned<SubjectEntry>>,
+}
+
+/// One subject of a consumer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum SubjectEntry {
+    /// Any token provider's subject: only when the config has one token provider.
+    Plain(String),
+    /// A subject of tokens from one provider.
+    Qualified {
+        /// The `auth_providers` name of a `jwt` or `introspection` provider.
+        provider: String,
+        /// The value of that provider's `consumer_claim`.
+        subject: String,
+    },
+}
+
+impl<'de> Deserialize<'de> for SubjectEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Qualified {
+            provider: String,
+            subject: String,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SubjectEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a subject, or `{ provider: <auth provider>, subject: <value> }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SubjectEntry, E> {
+                Ok(SubjectEntry::Plain(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SubjectEntry, A::Error> {
+                Qualified::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|q| {
+                    SubjectEntry::Qualified {
+                        provider: q.provider,
+                        subject: q.subject,
+                    }
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One API key of a consumer.
@@ -108,8 +157,8 @@ pub struct TokenSource {
     /// A request header.
     #[serde(default)]
     pub header: Option<String>,
-    /// With `header`: a scheme the value must start with, such as `Bearer`
-    /// (compared case-insensitively, followed by a space).
+    /// With `header`: the scheme of the values read, such as `Bearer`
+    /// (compared case-insensitively; then one or more spaces and the token).
     #[serde(default)]
     pub scheme: Option<String>,
     /// A cookie.

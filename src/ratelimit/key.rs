@@ -9,7 +9,9 @@
 //!   request without it has an empty part, so all such requests share one
 //!   key (combine it with `ip` to avoid that).
 //! - `claim:<path>`: a claim of the caller's token (`tier`, or `org.id` for a
-//!   nested one); missing (or no token) is an empty part, as for headers.
+//!   nested one; the whole path is tried first as one claim name, as
+//!   `claims_to_headers` does); missing (or no token) is an empty part, as
+//!   for headers.
 //!
 //! The parts are serialized with a length before each one, so two different
 //! requests can only get the same key when every part is equal. Local
@@ -25,7 +27,7 @@ use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::auth::Identity;
+use crate::auth::{ClaimPath, Identity};
 
 /// The hash key of local limits: one per process, so kept state stays
 /// reachable across reloads.
@@ -36,17 +38,17 @@ static HASH_KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 const DIGEST_BYTES: usize = 16;
 
 /// One part of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum Part {
     Consumer,
     Ip,
     Route,
     Header(HeaderName),
-    Claim(Box<[Box<str>]>),
+    Claim(ClaimPath),
 }
 
 /// A compiled `key`: its parts, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct KeySpec {
     parts: Box<[Part]>,
 }
@@ -141,13 +143,9 @@ fn parse_part(p: &str) -> Result<Part, String> {
             .map_err(|_| format!("key part `{p}`: `{name}` is not a valid header name"));
     }
     if let Some(path) = p.strip_prefix("claim:") {
-        let segments: Box<[Box<str>]> = path.split('.').map(Box::from).collect();
-        if segments.iter().any(|s| s.is_empty()) {
-            return Err(format!(
-                "key part `{p}`: the claim path must be names joined by dots, such as `tier` or `org.id`"
-            ));
-        }
-        return Ok(Part::Claim(segments));
+        return ClaimPath::parse(path)
+            .map(Part::Claim)
+            .map_err(|e| format!("key part `{p}`: {e}"));
     }
     Err(format!(
         "unknown key part `{p}`: use `ip`, `consumer`, `route`, `header:<name>` or `claim:<path>`"
@@ -172,21 +170,13 @@ fn ip(out: &mut dyn FnMut(&[u8]), ip: IpAddr) {
     }
 }
 
-/// A claim's value: a string as is, a number or boolean as JSON text,
-/// anything else as its JSON; missing is empty.
-fn claim(out: &mut dyn FnMut(&[u8]), identity: Option<&Identity>, path: &[Box<str>]) {
-    let mut value = identity.and_then(|i| i.claims.as_deref());
-    let mut found = None;
-    for (i, segment) in path.iter().enumerate() {
-        let Some(v) = value.and_then(|m| m.get(&**segment)) else {
-            break;
-        };
-        if i + 1 == path.len() {
-            found = Some(v);
-        } else {
-            value = v.as_object();
-        }
-    }
+/// A claim's value, found as `claims_to_headers` and `authorize` find it: a
+/// string as is, a number or boolean as JSON text, anything else as its
+/// JSON; missing is empty.
+fn claim(out: &mut dyn FnMut(&[u8]), identity: Option<&Identity>, path: &ClaimPath) {
+    let found = identity
+        .and_then(|i| i.claims.as_deref())
+        .and_then(|claims| path.lookup(claims));
     match found {
         None | Some(serde_json::Value::Null) => framed(out, b""),
         Some(serde_json::Value::String(s)) => framed(out, s.as_bytes()),
@@ -247,8 +237,8 @@ mod tests {
         }
         let err = |p: &str| KeySpec::parse(&[p.into()]).unwrap_err();
         assert!(err("header:bad name").contains("not a valid header name"));
-        assert!(err("claim:a..b").contains("claim path"));
-        assert!(err("claim:").contains("claim path"));
+        assert!(err("claim:a..b").contains("not a claim path"));
+        assert!(err("claim:").contains("not a claim path"));
         assert!(err("user").contains("unknown key part `user`"));
         assert!(KeySpec::parse(&[]).unwrap_err().contains("no part"));
     }
@@ -340,6 +330,24 @@ mod tests {
             k(serde_json::json!({})),
             k(serde_json::json!({"org": "flat"})),
             "missing is empty"
+        );
+    }
+
+    #[test]
+    fn claim_names_with_dots_are_found_whole_first() {
+        let none = HeaderMap::new();
+        let key = spec(&["claim:https://x.io/tier"]);
+        let k = |v: serde_json::Value| {
+            let id = identity(None, Some("s"), v);
+            key.hash(&subject(&none, Some(&id), "10.0.0.1"))
+        };
+        let gold = k(serde_json::json!({"https://x.io/tier": "gold"}));
+        assert_ne!(gold, k(serde_json::json!({"https://x.io/tier": "free"})));
+        assert_ne!(gold, k(serde_json::json!({})), "the whole name is read");
+        assert_eq!(
+            gold,
+            k(serde_json::json!({"https://x": {"io/tier": "gold"}})),
+            "then the dotted path, as `claims_to_headers` does"
         );
     }
 
