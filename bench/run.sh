@@ -182,7 +182,7 @@ port_in_use() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 wait_http() { # port path -> 0 when it answers 200
     local port=$1 path=${2:-/small} i code
     for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-        code=$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$path" 2>/dev/null || true)
+        code=$(curl -s -m 2 -H "$API_KEY_HEADER" -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$path" 2>/dev/null || true)
         [[ $code == 200 ]] && return 0
         sleep 0.1
     done
@@ -431,18 +431,18 @@ sanity_check() { # peer -> sets OK_H1[peer], OK_H2[peer]
             ok=0
         fi
     done
-    got=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -H 'Connection: close' "http://127.0.0.1:$port/small" || true)
+    got=$(curl -s -m 10 -H "$API_KEY_HEADER" -o /dev/null -w '%{http_code}' -H 'Connection: close' "http://127.0.0.1:$port/small" || true)
     [[ $got == 200 ]] || { log "SANITY FAIL: $p GET /small with Connection: close -> '$got'"; ok=0; }
     OK_H1[$p]=$ok
     OK_H2[$p]=0
     OK_TLS[$p]=0
     if [[ $p != direct ]] && { want_scen tls || want_scen tlsnew || want_scen h2tls; }; then
-        got=$(curl -s -m 10 --cacert "$T/tls/cert.pem" -o /dev/null -w '%{http_code} %{size_download}' "https://localhost:$(tls_port "$p")/small" || true)
+        got=$(curl -s -m 10 -H "$API_KEY_HEADER" --cacert "$T/tls/cert.pem" -o /dev/null -w '%{http_code} %{size_download}' "https://localhost:$(tls_port "$p")/small" || true)
         if [[ $got == "200 13" ]]; then OK_TLS[$p]=1; else log "SANITY FAIL: $p https GET /small -> '$got'"; fi
     fi
     if [[ $p != direct ]] && want_scen h2; then
         local out
-        out=$(timeout 20 h2load -n 40 -c 2 -m 4 "http://127.0.0.1:$(h2_port "$p")/small" 2>&1 || true)
+        out=$(timeout 20 h2load -n 40 -c 2 -m 4 -H "$API_KEY_HEADER" "http://127.0.0.1:$(h2_port "$p")/small" 2>&1 || true)
         if grep -q 'status codes: 40 2xx' <<<"$out"; then
             OK_H2[$p]=1
         else
