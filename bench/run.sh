@@ -29,6 +29,7 @@ PORTICO_FULL_PORT=${PORTICO_FULL_PORT:-19083}
 PORTICO_AUTH_PORT=${PORTICO_AUTH_PORT:-19085}
 PORTICO_REDIS_PORT=${PORTICO_REDIS_PORT:-19086}
 REDIS_PORT=${REDIS_PORT:-19379}
+REDIS_MODE=${REDIS_MODE:-exact}        # portico-redis's limit: exact | reconcile
 NGINX_TLS_PORT=${NGINX_TLS_PORT:-19095}
 HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-19096}
 PORTICO_TLS_PORT=${PORTICO_TLS_PORT:-19097}
@@ -59,6 +60,7 @@ for v in WRK_THREADS H2_CONNS H2_STREAMS UPSTREAM_POOL READY_TIMEOUT PROXY_CORE 
 done
 [[ $ACCESS_LOG == off || $ACCESS_LOG == json ]] || die "ACCESS_LOG must be off or json"
 [[ $RESTART == run || $RESTART == never ]] || die "RESTART must be run or never"
+[[ $REDIS_MODE == exact || $REDIS_MODE == reconcile ]] || die "REDIS_MODE must be exact or reconcile"
 
 IFS=, read -r -a SCENS <<<"$SCENARIOS"
 IFS=, read -r -a PEERS <<<"$PROXIES"
@@ -326,7 +328,7 @@ write_portico_conf() { # name
 auth_providers:
   keys: { api_key: {} }
 rate_limits:
-  per-consumer: { key: consumer, rate: 1000000000/s, store: $store }
+  per-consumer: { key: consumer, rate: 1000000000/s, store: $store$([[ $store == redis ]] && echo ", mode: $REDIS_MODE") }
 $(cat "$d/redis.yaml" 2>/dev/null || true)"
     fi
     cat >"$d/portico.yaml" <<EOF
