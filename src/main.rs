@@ -43,6 +43,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // ring is the one crypto provider of the build; made the process default
+    // so that libraries calling `ClientConfig::builder()` (the Redis client)
+    // never have to guess. An error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = match log_filter(cli.log_level.as_deref()) {
         Ok(f) => f,
         Err(message) => {

@@ -6,6 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::redis::{RedisCluster, RedisServer};
+use support::redis::{RedisCluster, RedisServer, unrelated_ca_pem};
 use support::{Gateway, Reply, send, upstream};
 
 /// A gateway config: the `redis` section from `urls` (and `cluster`), one
@@ -381,4 +382,78 @@ async fn counts_survive_a_reload_and_a_restart() {
     assert_eq!(r.status, 429, "6 of 6 used over two processes");
     assert!(r.header("retry-after").is_some());
     assert_eq!(decisions(&mut gw, "kept", "limited").await, 1);
+}
+
+/// [`config`] for one TLS node, verified with the CA file `ca`.
+fn tls_config(
+    upstream: SocketAddr,
+    redis: &RedisServer,
+    ca: &Path,
+    limits: &[(&str, &str)],
+) -> String {
+    let yaml = config(upstream, &[redis.url()], false, limits);
+    let section = "key_prefix: test }";
+    assert!(yaml.contains(section));
+    yaml.replace(
+        section,
+        &format!("key_prefix: test, ca: \"{}\" }}", ca.display()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_redis_verified_with_its_ca_shares_limits() {
+    let redis = RedisServer::start_tls(false);
+    let up = upstream::named("app").await;
+    let yaml = tls_config(up.addr, &redis, &redis.tls().ca, &[("tls", "rate: 1/h")]);
+    assert!(yaml.contains("rediss://127.0.0.1:"), "{yaml}");
+    let mut gw = Gateway::start(&yaml);
+    let addr = gw.addr("main");
+    assert_eq!(hit(addr, "tls", "k").await.status, 200);
+    let r = hit(addr, "tls", "k").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(decisions(&mut gw, "tls", "store_error").await, 0);
+    assert_eq!(decisions(&mut gw, "tls", "allowed").await, 1);
+    assert_eq!(decisions(&mut gw, "tls", "limited").await, 1);
+    // A second instance shares the count through the TLS node.
+    let mut other = Gateway::start(&yaml);
+    assert_eq!(hit(other.addr("main"), "tls", "k").await.status, 429);
+    assert_eq!(decisions(&mut other, "tls", "store_error").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_redis_signed_by_another_ca_is_not_trusted() {
+    let redis = RedisServer::start_tls(false);
+    let dir = tempfile::tempdir().unwrap();
+    let unrelated = dir.path().join("unrelated.pem");
+    std::fs::write(&unrelated, unrelated_ca_pem()).unwrap();
+    let up = upstream::named("app").await;
+    let yaml = tls_config(
+        up.addr,
+        &redis,
+        &unrelated,
+        &[
+            ("open", "rate: 1/h, on_store_error: open"),
+            ("closed", "rate: 1/h, on_store_error: closed"),
+        ],
+    );
+    let mut gw = Gateway::start(&yaml);
+    let addr = gw.addr("main");
+    // Never limited, never connected: every decision is a store error.
+    for _ in 0..3 {
+        assert_eq!(hit(addr, "open", "k").await.status, 200, "fails open");
+    }
+    assert!(decisions(&mut gw, "open", "store_error").await >= 3);
+    assert_eq!(decisions(&mut gw, "open", "allowed").await, 0);
+    let r = hit(addr, "closed", "k").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.json()["type"],
+        "urn:portico:problem:rate-limiter-unavailable"
+    );
+    assert!(
+        gw.wait_for_log("UnknownIssuer", Duration::from_secs(10)),
+        "{}",
+        gw.stderr()
+    );
 }

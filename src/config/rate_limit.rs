@@ -1,6 +1,7 @@
 //! The config schema of API management, part two: rate and concurrency
 //! limits, and the Redis store that shares them between gateway instances.
 
+use super::schema::CertificateConfig;
 use super::units::{Dur, Rate};
 use serde::{Deserialize, Serialize};
 
@@ -161,8 +162,9 @@ impl<'de> Deserialize<'de> for RateLimitRef {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (TLS, `rediss://`, is not supported yet); with
-    /// `cluster: true`, one or more seed nodes of the cluster.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://...` for TLS
+    /// (the server's certificate is verified against `ca`, or the system
+    /// roots); with `cluster: true`, one or more seed nodes of the cluster.
     pub urls: Vec<String>,
     /// The nodes form a Redis Cluster.
     #[serde(default)]
@@ -173,6 +175,15 @@ pub struct RedisConfig {
     /// Prefix of every key the gateway writes.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// With `rediss://` URLs: a PEM file of the CA certificates that verify
+    /// the Redis server, instead of the system roots (relative to the config
+    /// file's folder).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// With `rediss://` URLs: the certificate and key the gateway presents
+    /// to a Redis that requires client certificates (mTLS).
+    #[serde(default)]
+    pub client_cert: Option<CertificateConfig>,
 }
 
 fn default_redis_timeout() -> Dur {

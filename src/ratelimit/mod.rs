@@ -100,7 +100,7 @@ impl LimitState {
                     redis_changed = false;
                     Some((old.clone(), store.clone()))
                 }
-                _ => match RedisStore::new(&r.value) {
+                _ => match RedisStore::new(&r.value, file) {
                     Ok(store) => Some((r.value.clone(), store)),
                     Err(msg) => {
                         errors.push(ConfigError::at(

@@ -2,40 +2,118 @@
 //! on free loopback ports, killed on drop. A node can be stopped and
 //! started again on the same port (a Redis outage, then its recovery).
 //!
+//! A node can also serve TLS only (`rediss://`), with a certificate for
+//! 127.0.0.1 from a CA made for it, optionally requiring client
+//! certificates from that CA.
+//!
 //! Also compiled into the crate's own unit tests (`src/ratelimit/redis`),
-//! so it uses nothing but std and `tempfile`.
+//! so it uses nothing but std and the dev-dependencies `tempfile` and `rcgen`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
 /// How long a node may take to answer PING after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PEM files of a TLS node, in its folder.
+pub struct TlsFiles {
+    /// The CA that signed the node's certificate and `client_cert`.
+    pub ca: PathBuf,
+    /// A client certificate from `ca`, and its key.
+    pub client_cert: PathBuf,
+    /// The key of `client_cert`.
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    /// The node refuses clients without a certificate from `ca`.
+    require_client_cert: bool,
+}
+
+impl TlsFiles {
+    /// Makes a CA, a server certificate for 127.0.0.1 and a client
+    /// certificate, written into `dir`.
+    pub fn new(dir: &Path, require_client_cert: bool) -> TlsFiles {
+        let ca = new_ca("test redis CA");
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()]);
+        let (client_cert, client_key) = leaf(Vec::new());
+        TlsFiles {
+            ca: write("ca.pem", ca.pem()),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client-key.pem", client_key),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server-key.pem", server_key),
+            require_client_cert,
+        }
+    }
+}
+
+/// A self-signed CA named `name`.
+fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// The PEM of a CA that signed nothing: a TLS node does not verify with it.
+pub fn unrelated_ca_pem() -> String {
+    new_ca("unrelated CA").pem()
+}
 
 /// One running `redis-server`.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     cluster: bool,
+    /// With TLS, the node serves TLS only, on `port`.
+    tls: Option<TlsFiles>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// A standalone node on a free port.
     pub fn start() -> RedisServer {
-        Self::start_node(false)
+        Self::start_node(false, None)
     }
 
-    fn start_node(cluster: bool) -> RedisServer {
+    /// A standalone node serving TLS only on a free port (see [`Self::tls`]);
+    /// with `require_client_cert`, clients must present a certificate from
+    /// its CA.
+    pub fn start_tls(require_client_cert: bool) -> RedisServer {
+        Self::start_node(false, Some(require_client_cert))
+    }
+
+    fn start_node(cluster: bool, tls: Option<bool>) -> RedisServer {
         // A port found free can be taken before the server binds it: retry.
         for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
             let mut server = RedisServer {
                 child: None,
                 port: free_port(),
                 cluster,
-                dir: tempfile::tempdir().unwrap(),
+                tls: tls.map(|clients| TlsFiles::new(dir.path(), clients)),
+                dir,
             };
             if server.try_start() {
                 return server;
@@ -44,9 +122,19 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
-    /// The URL of the node: `redis://127.0.0.1:<port>`.
+    /// The URL of the node: `redis://127.0.0.1:<port>`, or `rediss://` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS files of a node started with [`Self::start_tls`].
+    pub fn tls(&self) -> &TlsFiles {
+        self.tls.as_ref().expect("not a TLS node")
     }
 
     /// The node's port.
@@ -83,8 +171,9 @@ impl RedisServer {
     }
 
     /// Sends one command (inline protocol, arguments without spaces) and
-    /// returns the raw reply.
+    /// returns the raw reply; plain nodes only.
     pub fn command(&self, args: &[&str]) -> String {
+        assert!(self.tls.is_none(), "`command` speaks plain TCP");
         command(self.addr(), args).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
     }
 
@@ -98,7 +187,7 @@ impl RedisServer {
         let log = self.dir.path().join("redis.log").display().to_string();
         let mut cmd = Command::new("redis-server");
         cmd.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .args(["--port", &port, "--dir", &dir, "--logfile", &log])
+            .args(["--dir", &dir, "--logfile", &log])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -107,10 +196,26 @@ impl RedisServer {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", &conf])
                 .args(["--cluster-node-timeout", "2000"]);
         }
+        if let Some(tls) = &self.tls {
+            // TLS only: the plain port is closed.
+            cmd.args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(&tls.server_cert)
+                .arg("--tls-key-file")
+                .arg(&tls.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args([
+                    "--tls-auth-clients",
+                    if tls.require_client_cert { "yes" } else { "no" },
+                ]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
         let mut child = cmd.spawn().expect("start redis-server (is it installed?)");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if command(self.addr(), &["PING"]).is_ok_and(|r| r.starts_with("+PONG")) {
+            if self.ping() {
                 self.child = Some(child);
                 return true;
             }
@@ -121,6 +226,49 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl RedisServer {
+    /// Whether the node answers PING (over TLS with `redis-cli`, bounded).
+    fn ping(&self) -> bool {
+        let Some(tls) = &self.tls else {
+            return command(self.addr(), &["PING"]).is_ok_and(|r| r.starts_with("+PONG"));
+        };
+        // `redis-cli` has no connect timeout: only once the port is open.
+        if TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1)).is_err() {
+            return false;
+        }
+        let mut cli = Command::new("redis-cli");
+        cli.args(["--tls", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("--cacert")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.client_cert)
+            .arg("--key")
+            .arg(&tls.client_key)
+            .arg("PING")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cli.spawn().expect("run redis-cli (is it installed?)");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+        let mut out = String::new();
+        let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+        out.trim() == "PONG"
     }
 }
 
@@ -141,7 +289,9 @@ impl RedisCluster {
     /// `redis-cli --cluster create`, and waits for `cluster_state:ok` on
     /// every node (bounded).
     pub fn start() -> RedisCluster {
-        let nodes: Vec<_> = (0..3).map(|_| RedisServer::start_node(true)).collect();
+        let nodes: Vec<_> = (0..3)
+            .map(|_| RedisServer::start_node(true, None))
+            .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))

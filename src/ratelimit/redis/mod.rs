@@ -13,6 +13,7 @@
 mod reconcile;
 mod script;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -21,7 +22,10 @@ use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, RedisError,
+    ServerErrorKind, TlsCertificates,
+};
 use tokio::sync::{Notify, watch};
 
 use self::reconcile::Reconciler;
@@ -44,7 +48,7 @@ const IDLE: Duration = Duration::from_secs(1);
 
 /// Where the store connects.
 enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -88,8 +92,10 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Checks the config; connects later (a store that is down must not stop the gateway).
-    pub fn new(cfg: &RedisConfig) -> Result<Arc<Self>, String> {
+    /// Checks the config and reads its files (`ca`, `client_cert`, relative
+    /// to the folder of the config file `file`); connects later (a store
+    /// that is down must not stop the gateway).
+    pub fn new(cfg: &RedisConfig, file: &str) -> Result<Arc<Self>, String> {
         if cfg.urls.is_empty() {
             return Err("urls: at least one URL is needed".into());
         }
@@ -99,14 +105,26 @@ impl RedisStore {
                 cfg.urls.len()
             ));
         }
-        for url in &cfg.urls {
-            if url.starts_with("rediss://") {
-                return Err(format!(
-                    "urls: `{}` asks for TLS, which this build does not support; use \
-                     `redis://` (over a private network or a local TLS tunnel)",
-                    redact(url)
-                ));
-            }
+        let tls = cfg
+            .urls
+            .iter()
+            .filter(|u| u.starts_with("rediss://"))
+            .count();
+        if tls != 0 && tls != cfg.urls.len() {
+            return Err(
+                "urls: mixes `redis://` and `rediss://`; the nodes all use TLS or none does".into(),
+            );
+        }
+        if let Some(url) = cfg
+            .urls
+            .iter()
+            .find(|u| u.split_once('#').is_some_and(|(_, f)| f == "insecure"))
+        {
+            return Err(format!(
+                "urls: `{}` asks not to verify the server's certificate, which the gateway \
+                 does not allow; give the CA that signed it in `ca`",
+                redact(url)
+            ));
         }
         if cfg.timeout.0.is_zero() {
             return Err("timeout: must be more than 0".into());
@@ -118,17 +136,23 @@ impl RedisStore {
                 cfg.key_prefix
             ));
         }
+        let certs = tls_certificates(cfg, file, tls != 0)?;
         let target = if cfg.cluster {
-            let client = ClusterClient::builder(cfg.urls.iter().map(String::as_str))
-                .connection_timeout(connect_timeout(cfg.timeout.0))
-                .build()
-                .map_err(|e| format!("urls: {e}"))?;
+            let mut builder = ClusterClient::builder(cfg.urls.iter().map(String::as_str))
+                .connection_timeout(connect_timeout(cfg.timeout.0));
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(|e| format!("urls: {e}"))?;
             Target::Cluster(Box::new(client))
         } else {
             let url = &cfg.urls[0];
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| format!("urls: `{}` is not a Redis URL: {e}", redact(url)))?;
-            Target::Single(client)
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+                None => redis::Client::open(url.as_str()),
+            }
+            .map_err(|e| format!("urls: `{}` is not a Redis URL: {e}", redact(url)))?;
+            Target::Single(Box::new(client))
         };
         Ok(Arc::new(Self {
             target,
@@ -294,6 +318,71 @@ impl RedisStore {
         list.retain(|w| w.strong_count() > 0);
         list.push(Arc::downgrade(inner));
     }
+}
+
+/// The CA and client certificate of a TLS connection, read and checked
+/// now so that a bad file is a config error rather than a connection that
+/// never succeeds; `None` when neither is set (`rediss://` then verifies
+/// with the system roots).
+fn tls_certificates(
+    cfg: &RedisConfig,
+    file: &str,
+    tls: bool,
+) -> Result<Option<TlsCertificates>, String> {
+    let (key, value) = match (&cfg.ca, &cfg.client_cert) {
+        (None, None) => return Ok(None),
+        (Some(ca), _) => ("ca", ca),
+        (None, Some(c)) => ("client_cert", &c.cert),
+    };
+    if !tls {
+        return Err(format!(
+            "{key}: `{value}` is for TLS, but `{}` is not a `rediss://` URL",
+            redact(&cfg.urls[0])
+        ));
+    }
+    let dir = crate::tls::config_dir(file);
+    // The redis crate takes the PEM bytes and parses them again, but its
+    // errors name neither the key nor the file: they are checked here first.
+    let root_cert = match &cfg.ca {
+        None => None,
+        Some(ca) => {
+            let path = crate::tls::resolve_path(&dir, ca);
+            let certs = crate::tls::load_certs(&path).map_err(|e| format!("ca: {e}"))?;
+            let total = certs.len();
+            let (_, invalid) = rustls::RootCertStore::empty().add_parsable_certificates(certs);
+            if invalid != 0 {
+                return Err(format!(
+                    "ca: `{}`: {invalid} of its {total} certificates cannot be trust anchors",
+                    path.display()
+                ));
+            }
+            Some(read(&path, "ca")?)
+        }
+    };
+    let client_tls = match &cfg.client_cert {
+        None => None,
+        Some(c) => {
+            let (cert, key) = (
+                crate::tls::resolve_path(&dir, &c.cert),
+                crate::tls::resolve_path(&dir, &c.key),
+            );
+            crate::tls::load_pair(&cert, &key, &crate::tls::provider())
+                .map_err(|e| format!("client_cert: {e}"))?;
+            Some(ClientTlsConfig {
+                client_cert: read(&cert, "client_cert")?,
+                client_key: read(&key, "client_cert")?,
+            })
+        }
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// The bytes of `path`, the file of config key `key`.
+fn read(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{key}: cannot read `{}`: {e}", path.display()))
 }
 
 /// Connecting takes a TCP (and, for a cluster, a topology) round trip or

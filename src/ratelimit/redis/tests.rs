@@ -4,6 +4,7 @@
 #[path = "../../../tests/support/redis.rs"]
 mod server;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,14 +12,19 @@ use std::time::Duration;
 use super::*;
 use crate::config::units::Dur;
 
-fn store(urls: Vec<String>, cluster: bool) -> Arc<RedisStore> {
-    RedisStore::new(&RedisConfig {
+fn redis_config(urls: Vec<String>, cluster: bool) -> RedisConfig {
+    RedisConfig {
         urls,
         cluster,
         timeout: Dur(Duration::from_secs(2)),
         key_prefix: "t".into(),
-    })
-    .unwrap()
+        ca: None,
+        client_cert: None,
+    }
+}
+
+fn store(urls: Vec<String>, cluster: bool) -> Arc<RedisStore> {
+    RedisStore::new(&redis_config(urls, cluster), "portico.yaml").unwrap()
 }
 
 fn limiter(store: &Arc<RedisStore>, id: &str, json: &str) -> (RedisLimiter, Gcra) {
@@ -57,23 +63,165 @@ fn config_errors_name_the_key_and_value() {
         cluster,
         timeout: Dur(Duration::from_millis(100)),
         key_prefix: prefix.into(),
+        ca: None,
+        client_cert: None,
     };
-    let err = |c: RedisConfig| RedisStore::new(&c).err().unwrap();
+    let err = |c: RedisConfig| RedisStore::new(&c, "portico.yaml").err().unwrap();
     assert!(err(cfg(&[], false, "p")).starts_with("urls:"));
     assert!(err(cfg(&["redis://a:1", "redis://b:1"], false, "p")).contains("cluster: true"));
-    let tls = err(cfg(&["rediss://user:secret@h:6380/0"], false, "p"));
+    let insecure = err(cfg(&["rediss://user:secret@h:6380/0#insecure"], false, "p"));
     assert!(
-        tls.contains("TLS") && tls.contains("rediss://***@h:6380/0"),
-        "{tls}"
+        insecure.starts_with("urls:") && insecure.contains("rediss://***@h:6380/0#insecure"),
+        "{insecure}"
     );
-    assert!(!tls.contains("secret"));
+    assert!(!insecure.contains("secret"));
+    let mixed = err(cfg(&["rediss://a:1", "redis://b:1"], true, "p"));
+    assert!(
+        mixed.starts_with("urls:") && mixed.contains("mixes"),
+        "{mixed}"
+    );
     assert!(err(cfg(&["http://h"], false, "p")).contains("not a Redis URL"));
     assert!(err(cfg(&["redis://h:1"], false, "a{b}")).starts_with("key_prefix:"));
     let mut zero = cfg(&["redis://h:1"], false, "p");
     zero.timeout = Dur(Duration::ZERO);
     assert!(err(zero).starts_with("timeout:"));
-    assert!(RedisStore::new(&cfg(&["redis://h:1", "redis://i:1"], true, "p")).is_ok());
-    assert!(RedisStore::new(&cfg(&["redis://:pw@h:1/2"], false, "p")).is_ok());
+    let ok = |c: RedisConfig| RedisStore::new(&c, "portico.yaml").is_ok();
+    assert!(ok(cfg(&["redis://h:1", "redis://i:1"], true, "p")));
+    assert!(ok(cfg(&["redis://:pw@h:1/2"], false, "p")));
+    // TLS with the system roots.
+    assert!(ok(cfg(&["rediss://:pw@h:6380/2"], false, "p")));
+    assert!(ok(cfg(&["rediss://h:1", "rediss://i:1"], true, "p")));
+}
+
+#[test]
+fn tls_config_errors_name_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portico.yaml").display().to_string();
+    let files = server::TlsFiles::new(dir.path(), false);
+    let other = tempfile::tempdir().unwrap();
+    let other = server::TlsFiles::new(other.path(), false);
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "bad.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    write("empty.pem", "no PEM here\n");
+    let tls = |ca: Option<&str>, client: Option<(&Path, &Path)>| RedisConfig {
+        ca: ca.map(str::to_owned),
+        client_cert: client.map(|(cert, key)| crate::config::CertificateConfig {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+        }),
+        ..redis_config(vec!["rediss://127.0.0.1:6380".into()], false)
+    };
+    let err = |c: RedisConfig| RedisStore::new(&c, &file).err().unwrap();
+
+    // `ca` and `client_cert` need a TLS URL.
+    let mut plain = tls(Some("ca.pem"), None);
+    plain.urls = vec!["redis://:secret@127.0.0.1:6379".into()];
+    let e = err(plain.clone());
+    assert!(
+        e.starts_with("ca: `ca.pem`") && e.contains("`redis://***@127.0.0.1:6379`"),
+        "{e}"
+    );
+    plain.ca = None;
+    plain.client_cert = tls(None, Some((&files.client_cert, &files.client_key))).client_cert;
+    assert!(err(plain).starts_with("client_cert:"));
+
+    // Files that cannot be read or hold no usable certificate; relative
+    // paths name the file resolved against the config file's folder.
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let e = err(tls(Some("missing.pem"), None));
+    assert!(e.starts_with("ca: ") && e.contains(&missing), "{e}");
+    let e = err(tls(Some("empty.pem"), None));
+    assert!(e.starts_with("ca: ") && e.contains("empty.pem"), "{e}");
+    let e = err(tls(Some("bad.pem"), None));
+    assert!(
+        e.starts_with("ca: ") && e.contains("bad.pem") && e.contains("trust anchor"),
+        "{e}"
+    );
+    let e = err(tls(
+        Some("ca.pem"),
+        Some((&files.client_cert, &other.client_key)),
+    ));
+    assert!(
+        e.starts_with("client_cert: ") && e.contains("does not belong"),
+        "{e}"
+    );
+    let e = err(tls(
+        Some("ca.pem"),
+        Some((&files.client_cert, Path::new("nokey.pem"))),
+    ));
+    assert!(
+        e.starts_with("client_cert: ") && e.contains("nokey.pem"),
+        "{e}"
+    );
+
+    // A relative `ca` is read from the config file's folder.
+    assert!(RedisStore::new(&tls(Some("ca.pem"), None), &file).is_ok());
+    let mut cluster = tls(
+        Some("ca.pem"),
+        Some((&files.client_cert, &files.client_key)),
+    );
+    cluster.cluster = true;
+    cluster.urls.push("rediss://127.0.0.1:6381".into());
+    assert!(RedisStore::new(&cluster, &file).is_ok());
+}
+
+/// A store for the TLS node `redis` verifying it with the CA file `ca`,
+/// presenting the node's client certificate when `client_cert`.
+fn tls_store(redis: &server::RedisServer, ca: Option<&Path>, client_cert: bool) -> Arc<RedisStore> {
+    let files = redis.tls();
+    let cfg = RedisConfig {
+        ca: ca.map(|p| p.display().to_string()),
+        client_cert: client_cert.then(|| crate::config::CertificateConfig {
+            cert: files.client_cert.display().to_string(),
+            key: files.client_key.display().to_string(),
+        }),
+        ..redis_config(vec![redis.url()], false)
+    };
+    RedisStore::new(&cfg, "portico.yaml").unwrap()
+}
+
+#[tokio::test]
+async fn tls_verifies_the_server_with_ca() {
+    let redis = server::RedisServer::start_tls(false);
+    let s = tls_store(&redis, Some(&redis.tls().ca), false);
+    connected(&s).await;
+    let (l, _) = limiter(&s, "tls", r#"{"rate":"1/h"}"#);
+    assert!(l.decide("k", 1).await.unwrap().allowed);
+    assert!(!l.decide("k", 1).await.unwrap().allowed);
+    assert_eq!(l.errors(), 0);
+
+    // Another CA, or the system roots: the server is not trusted.
+    let dir = tempfile::tempdir().unwrap();
+    let unrelated = dir.path().join("unrelated.pem");
+    std::fs::write(&unrelated, server::unrelated_ca_pem()).unwrap();
+    for s in [
+        tls_store(&redis, Some(&unrelated), false),
+        tls_store(&redis, None, false),
+    ] {
+        let e = s.connect().await.unwrap_err();
+        assert!(
+            e.0.contains("cannot connect") && e.0.contains("certificate"),
+            "{e}"
+        );
+        let (l, _) = limiter(&s, "tls", r#"{"rate":"1/h"}"#);
+        assert!(l.decide("k", 1).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn tls_presents_the_client_certificate() {
+    let redis = server::RedisServer::start_tls(true);
+    let ca = redis.tls().ca.clone();
+    let s = tls_store(&redis, Some(&ca), true);
+    connected(&s).await;
+    let (l, _) = limiter(&s, "mtls", r#"{"rate":"1/h"}"#);
+    assert!(l.decide("k", 1).await.unwrap().allowed);
+    // Without one, the server refuses the connection.
+    let s = tls_store(&redis, Some(&ca), false);
+    assert!(s.connect().await.is_err());
 }
 
 #[tokio::test]
