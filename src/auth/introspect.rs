@@ -63,6 +63,8 @@ pub struct Introspection {
     cache_ttl: Duration,
     negative_ttl: Duration,
     consumer_claim: Box<str>,
+    /// Accepted audiences (none: any).
+    audiences: Box<[Box<str>]>,
     /// Whether the last call failed (warned once per failure streak).
     failing: AtomicBool,
     success: Counter,
@@ -115,6 +117,7 @@ impl Introspection {
             cache_ttl: cfg.cache_ttl.0,
             negative_ttl: cfg.negative_cache_ttl.0,
             consumer_claim: cfg.consumer_claim.as_deref().unwrap_or("sub").into(),
+            audiences: cfg.audiences.iter().map(|a| a.as_str().into()).collect(),
             failing: AtomicBool::new(false),
             success: metrics.key_fetch(name, "success"),
             failure: metrics.key_fetch(name, "failure"),
@@ -138,6 +141,9 @@ impl Introspection {
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         match self.cache.try_get_with(key, self.introspect(token)).await {
+            Ok(Verdict::Active(claims, _)) if !self.audience_accepted(&claims) => {
+                Outcome::Rejected(Cow::Borrowed("audience not accepted"))
+            }
             Ok(Verdict::Active(claims, _)) => Outcome::Accepted(self.identity(claims, consumers)),
             Ok(Verdict::Inactive(_)) => Outcome::Rejected(Cow::Borrowed("token not active")),
             Err(_) => Outcome::Unavailable(Cow::Borrowed("token introspection unavailable")),
@@ -206,6 +212,23 @@ impl Introspection {
                 "{}: answer has no boolean `active`",
                 self.endpoint.as_str()
             )),
+        }
+    }
+
+    /// Whether the answer's `aud` (a string or a list, RFC 7662 §2.2) holds
+    /// one of the accepted audiences; always when none is configured.
+    fn audience_accepted(&self, claims: &Claims) -> bool {
+        if self.audiences.is_empty() {
+            return true;
+        }
+        let accepted = |v: &serde_json::Value| {
+            v.as_str()
+                .is_some_and(|a| self.audiences.iter().any(|x| **x == *a))
+        };
+        match claims.get("aud") {
+            Some(serde_json::Value::Array(items)) => items.iter().any(accepted),
+            Some(v) => accepted(v),
+            None => false,
         }
     }
 
@@ -309,6 +332,38 @@ mod tests {
             req.ends_with("\r\n\r\ntoken=tok+en%2B%2F&token_type_hint=access_token"),
             "{req}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_for_another_audience_is_refused() {
+        let (url, _, _) = endpoint(r#"{"active":true,"sub":"a","aud":["billing","orders"]}"#).await;
+        let c = Consumers::default();
+        let req = |t: &str| {
+            Request::builder()
+                .header("authorization", format!("Bearer {t}"))
+                .body(())
+                .unwrap()
+        };
+        let accepts = provider(&url, "audiences: [orders]\n");
+        assert!(matches!(
+            accepts.authenticate(&req("t1"), &c).await,
+            Outcome::Accepted(_)
+        ));
+        let refuses = provider(&url, "audiences: [inventory]\n");
+        assert!(matches!(
+            refuses.authenticate(&req("t2"), &c).await,
+            Outcome::Rejected(why) if why == "audience not accepted"
+        ));
+        let (url, _, _) = endpoint(r#"{"active":true,"sub":"a"}"#).await;
+        let no_aud = provider(&url, "audiences: [orders]\n");
+        assert!(matches!(
+            no_aud.authenticate(&req("t3"), &c).await,
+            Outcome::Rejected(_)
+        ));
+        assert!(matches!(
+            provider(&url, "").authenticate(&req("t4"), &c).await,
+            Outcome::Accepted(_)
+        ));
     }
 
     #[tokio::test]

@@ -319,6 +319,10 @@ pub struct IntrospectionConfig {
     /// Where tokens are read from, in order; default: `Authorization: Bearer`.
     #[serde(default = "default_bearer_from")]
     pub from: Vec<TokenSource>,
+    /// Accepted audiences: an active answer's `aud` must hold one (unchecked
+    /// when empty), so that a token issued for another service is refused.
+    #[serde(default)]
+    pub audiences: Vec<String>,
     /// Longest time an active answer is cached (never past the token's `exp`).
     #[serde(default = "default_introspection_ttl")]
     pub cache_ttl: Dur,
