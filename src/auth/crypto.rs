@@ -312,25 +312,8 @@ fn strip_zeros(v: &[u8]) -> &[u8] {
 
 /// One DER item of `tag` at the start of `input`: its contents and what follows.
 fn der_item(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = input.split_first()?;
-    if t != tag {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at(count);
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, rest)
-    };
-    (rest.len() >= len).then(|| rest.split_at(len))
+    let (t, content, rest) = crate::tls::der::tlv(input)?;
+    (t == tag).then_some((content, rest))
 }
 
 #[cfg(test)]

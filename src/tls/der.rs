@@ -1,6 +1,7 @@
 //! Just enough DER to print a certificate's subject as an RFC 4514 string
-//! (for `x-client-cert-subject`). webpki hands out the raw `Name`; pulling in
-//! a full X.509 parser for one string is not worth the dependency.
+//! (for `x-client-cert-subject`), and the TLV reader the JWT crypto provider
+//! uses for RSA keys. webpki hands out the raw `Name`; pulling in a full
+//! X.509 parser for one string is not worth the dependency.
 
 use std::fmt::Write as _;
 
