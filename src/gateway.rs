@@ -479,11 +479,15 @@ fn compile_route(
                 .counted(name, api.metrics),
         ));
     }
-    if !r.rate_limit.is_empty() {
-        filters.push(Filter::RateLimit(
-            crate::ratelimit::RateLimitFilter::compile(name, &r.rate_limit, api.limits)
-                .map_err(in_route)?,
-        ));
+    for before_auth in [true, false] {
+        let limits = crate::ratelimit::RateLimitFilter::compile(
+            name,
+            &r.rate_limit,
+            api.limits,
+            before_auth,
+        )
+        .map_err(in_route)?;
+        filters.extend(limits.map(Filter::RateLimit));
     }
     if let Some(rw) = &r.rewrite {
         filters.push(Filter::Rewrite(

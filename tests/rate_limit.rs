@@ -508,6 +508,61 @@ routes:
     assert_eq!(statuses(addr, "/", "10.8.0.9", 1).await, [200]);
 }
 
+/// Limits run after authentication, so refused credentials are not
+/// counted; a `before_auth` limit counts every attempt (key guessing).
+#[tokio::test]
+async fn before_auth_limits_count_refused_credentials() {
+    let up = upstream::named("up").await;
+    let mut gw = Gateway::start(&config(
+        up.addr,
+        r#"
+consumers:
+  - { name: alice, api_keys: ["key-alice-0123456789"] }
+auth_providers:
+  keys: { api_key: {} }
+routes:
+  - name: guarded
+    match: { prefix: /guarded }
+    upstream: up
+    auth: { providers: [keys] }
+    rate_limit: [{ key: ip, rate: 3/h, before_auth: true }]
+  - name: plain
+    match: { prefix: /plain }
+    upstream: up
+    auth: { providers: [keys] }
+    rate_limit: [{ key: ip, rate: 3/h }]
+"#,
+    ));
+    let addr = gw.addr("main");
+    let guess = |path: &'static str, ip: &'static str| async move {
+        let mut out = Vec::new();
+        for i in 0..5 {
+            let key = format!("wrong-key-{i}");
+            let headers = [("x-api-key", key.as_str()), ("x-forwarded-for", ip)];
+            out.push(get(addr, path, &headers).await.status);
+        }
+        out
+    };
+    assert_eq!(
+        guess("/guarded", "10.9.0.1").await,
+        [401, 401, 401, 429, 429]
+    );
+    // The attempts used the address's count, whoever holds a good key there.
+    let alice = [
+        ("x-api-key", "key-alice-0123456789"),
+        ("x-forwarded-for", "10.9.0.1"),
+    ];
+    assert_eq!(get(addr, "/guarded", &alice).await.status, 429);
+    // After authentication, refused attempts cost nothing.
+    assert_eq!(guess("/plain", "10.9.0.2").await, [401; 5]);
+    let alice = [
+        ("x-api-key", "key-alice-0123456789"),
+        ("x-forwarded-for", "10.9.0.2"),
+    ];
+    assert_eq!(get(addr, "/plain", &alice).await.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
 #[tokio::test]
 async fn a_failing_store_fails_open_or_closed_as_configured() {
     let up = upstream::named("up").await;

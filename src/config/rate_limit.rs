@@ -40,6 +40,11 @@ pub struct RateLimitConfig {
     /// Most keys tracked in this process; idle keys are evicted first.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Count every request before authentication (the access phase), those
+    /// refused with 401 included, against password and key guessing; the key
+    /// may then only use `ip`, `header:` and `route`.
+    #[serde(default)]
+    pub before_auth: bool,
     /// Response headers: `ietf` (RateLimit-Policy and RateLimit), `legacy`
     /// (X-RateLimit-*), `both` or `none`.
     #[serde(default)]

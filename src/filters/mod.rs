@@ -57,7 +57,7 @@ impl Filter {
             Self::IpRules(_) => Phase::Access,
             Self::Auth(_) => Phase::Identify,
             Self::Authorize(_) => Phase::Authorize,
-            Self::RateLimit(_) => Phase::Limit,
+            Self::RateLimit(f) => f.phase(),
             Self::Rewrite(_) => Phase::Transform,
         }
     }

@@ -66,6 +66,14 @@ pub struct Subject<'a> {
 }
 
 impl KeySpec {
+    /// Whether a part names the caller (`consumer`, `claim:`): such a key
+    /// needs the identity that authentication finds.
+    pub fn needs_identity(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Consumer | Part::Claim(_)))
+    }
+
     /// Compiles the parts of a `key`; the error names the offending part.
     pub fn parse(parts: &[String]) -> Result<Self, String> {
         if parts.is_empty() {

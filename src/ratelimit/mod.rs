@@ -205,6 +205,11 @@ impl Compiler<'_> {
             return Ok(kept.clone());
         }
         let key = KeySpec::parse(cfg.key.parts())?;
+        if cfg.before_auth && key.needs_identity() {
+            return Err(
+                "`before_auth` counts requests before anyone is identified: its `key` can use `ip`, `header:` and `route`, not `consumer` or `claim:`".into(),
+            );
+        }
         if cfg.max_keys == 0 {
             return Err("`max_keys` must be at least 1".into());
         }
@@ -302,15 +307,19 @@ pub struct RateLimitFilter {
     limits: Box<[Arc<Limit>]>,
     /// `RateLimit-Policy` of the route's limits, built once.
     policy: Option<HeaderValue>,
+    /// These are the route's `before_auth` limits.
+    before_auth: bool,
 }
 
 impl RateLimitFilter {
-    /// Compiles a route's `rate_limit` list.
+    /// Compiles the limits of a route's `rate_limit` list that count before
+    /// authentication (`before_auth`), or the others; `None` when there is none.
     pub fn compile(
         route: &str,
         refs: &[Spanned<RateLimitRef>],
         state: &LimitState,
-    ) -> Result<Self, String> {
+        before_auth: bool,
+    ) -> Result<Option<Self>, String> {
         if refs.len() > MAX_LIMITS_PER_ROUTE {
             return Err(format!(
                 "`rate_limit` lists {} limits; at most {MAX_LIMITS_PER_ROUTE} per route",
@@ -338,13 +347,27 @@ impl RateLimitFilter {
             }
             limits.push(limit);
         }
+        limits.retain(|l| l.config.before_auth == before_auth);
+        if limits.is_empty() {
+            return Ok(None);
+        }
         limits.sort_by_key(|l| matches!(l.kind, Kind::Redis(_)));
         let policy = headers::policy_value(limits.iter().map(|l| &l.headers));
-        Ok(Self {
+        Ok(Some(Self {
             route: route.into(),
             limits: limits.into(),
             policy,
-        })
+            before_auth,
+        }))
+    }
+
+    /// The phase the limits run in: before authentication, or after authorization.
+    pub fn phase(&self) -> crate::filters::Phase {
+        if self.before_auth {
+            crate::filters::Phase::Access
+        } else {
+            crate::filters::Phase::Limit
+        }
     }
 
     /// Counts the request against every limit: 429 (or 503 when a store
@@ -671,7 +694,9 @@ mod tests {
             "redis: { urls: [\"redis://127.0.0.1:1\"] }\nrate_limits:\n  shared: { rate: 100/m, store: redis }\n  local: { rate: 10/s, burst: 20 }\nroutes:\n  - { name: r, match: { prefix: / }, respond: { status: 204 }, rate_limit: [shared, local, { concurrency: 4, headers: legacy }, { concurrency: 1 }] }\n",
         );
         let state = LimitState::compile(&cfg, "t.yaml", None, &Metrics::new()).unwrap();
-        let f = RateLimitFilter::compile("r", &cfg.routes[0].value.rate_limit, &state).unwrap();
+        let f = RateLimitFilter::compile("r", &cfg.routes[0].value.rate_limit, &state, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             f.policy.unwrap(),
             r#""local";q=20;w=2, "r-4";q=1;qu="concurrent-requests", "shared";q=100;w=60"#,
@@ -679,5 +704,34 @@ mod tests {
         );
         let names: Vec<&str> = f.limits.iter().map(|l| &*l.name).collect();
         assert_eq!(names, ["local", "r-3", "r-4", "shared"]);
+    }
+
+    #[test]
+    fn before_auth_limits_form_their_own_filter_in_the_access_phase() {
+        let cfg = load(
+            "rate_limits:\n  guess: { key: ip, rate: 5/m, before_auth: true }\n  user: { key: ip, rate: 10/s }\nroutes:\n  - { name: r, match: { prefix: / }, respond: { status: 204 }, rate_limit: [user, guess] }\n",
+        );
+        let state = LimitState::compile(&cfg, "t.yaml", None, &Metrics::new()).unwrap();
+        let refs = &cfg.routes[0].value.rate_limit;
+        let early = RateLimitFilter::compile("r", refs, &state, true)
+            .unwrap()
+            .unwrap();
+        let late = RateLimitFilter::compile("r", refs, &state, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(early.phase(), crate::filters::Phase::Access);
+        assert_eq!(late.phase(), crate::filters::Phase::Limit);
+        assert_eq!(&*early.limits[0].name, "guess");
+        assert_eq!(&*late.limits[0].name, "user");
+        let bad =
+            load("rate_limits:\n  guess: { key: [ip, consumer], rate: 5/m, before_auth: true }\n");
+        let e = LimitState::compile(&bad, "t.yaml", None, &Metrics::new())
+            .err()
+            .unwrap();
+        assert!(
+            e[0].to_string().contains("not `consumer` or `claim:`"),
+            "{}",
+            e[0]
+        );
     }
 }
