@@ -70,9 +70,14 @@ impl Filter {
     ) -> Result<Flow, ProxyError> {
         match self {
             Self::IpRules(f) => f.check(ctx).map(|()| Flow::Continue),
-            Self::Auth(f) => f.apply(req, ctx).await.map(|()| Flow::Continue),
+            // Boxed: these futures can wait on remote services and are large;
+            // unboxed, they would grow every request's future, also on
+            // routes without them.
+            Self::Auth(f) => Box::pin(f.apply(req, ctx)).await.map(|()| Flow::Continue),
             Self::Authorize(f) => f.check(ctx).map(|()| Flow::Continue),
-            Self::RateLimit(f) => f.apply(req, ctx).await.map(|()| Flow::Continue),
+            Self::RateLimit(f) => Box::pin(f.apply(req, ctx))
+                .await
+                .map(|()| Flow::Continue),
             Self::Rewrite(f) => Ok(f.apply(req, ctx)),
         }
     }
