@@ -75,9 +75,7 @@ impl Filter {
             // routes without them.
             Self::Auth(f) => Box::pin(f.apply(req, ctx)).await.map(|()| Flow::Continue),
             Self::Authorize(f) => f.check(ctx).map(|()| Flow::Continue),
-            Self::RateLimit(f) => Box::pin(f.apply(req, ctx))
-                .await
-                .map(|()| Flow::Continue),
+            Self::RateLimit(f) => Box::pin(f.apply(req, ctx)).await.map(|()| Flow::Continue),
             Self::Rewrite(f) => Ok(f.apply(req, ctx)),
         }
     }
