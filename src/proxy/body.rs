@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::observe::Exchange;
 use crate::observe::metrics::Recording;
-use crate::upstream::pool::Lease;
+use crate::upstream::pool::{Lease, UpstreamBody};
 
 /// The error type of bodies on the request path.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -420,7 +420,7 @@ impl Body for RequestBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 /// A response body: made by the gateway, or streamed from an upstream.
@@ -441,7 +441,8 @@ impl Drop for ResponseBody {
         let clean = self.ended
             || match &self.kind {
                 Kind::Full(_) => true,
-                Kind::Upstream(b) => b.is_end_stream(),
+                Kind::Upstream(UpstreamBody::H1(b)) => b.is_end_stream(),
+                Kind::Upstream(UpstreamBody::H2(b)) => b.is_end_stream(),
             };
         if let Some(lease) = self.lease.take() {
             lease.finish(clean);
@@ -465,7 +466,7 @@ impl ResponseBody {
     }
 
     /// An upstream's body, with its connection lease and idle timeout.
-    pub fn upstream(body: Incoming, lease: Option<Lease>, idle: Duration) -> Self {
+    pub fn upstream(body: UpstreamBody, lease: Option<Lease>, idle: Duration) -> Self {
         let mut b = Self::new(Kind::Upstream(body), idle);
         b.lease = lease;
         b
@@ -518,7 +519,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(next.map(|d| Ok(Frame::data(d))))
             }
-            Kind::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+            Kind::Upstream(body) => match poll_upstream(body, this.lease.as_mut(), cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     this.idle.touch();
                     if let Some(d) = frame.data_ref() {
@@ -553,14 +554,36 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(d) => d.is_none(),
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream(UpstreamBody::H1(b)) => b.is_end_stream(),
+            Kind::Upstream(UpstreamBody::H2(b)) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream(UpstreamBody::H1(b)) => b.size_hint(),
+            Kind::Upstream(UpstreamBody::H2(b)) => b.size_hint(),
         }
+    }
+}
+
+/// The next frame of an upstream's body: an HTTP/1.1 body is read from the
+/// connection in the lease.
+fn poll_upstream(
+    body: &mut UpstreamBody,
+    lease: Option<&mut Lease>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match body {
+        UpstreamBody::H1(decoder) => match lease.and_then(Lease::conn) {
+            Some(conn) => decoder
+                .poll_frame(conn, cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+            None => Poll::Ready(Some(Err("the response's connection is gone".into()))),
+        },
+        UpstreamBody::H2(b) => Pin::new(b)
+            .poll_frame(cx)
+            .map(|f| f.map(|f| f.map_err(Into::into))),
     }
 }

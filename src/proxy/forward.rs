@@ -193,15 +193,12 @@ pub async fn forward(
         parts.headers.remove(name);
     }
     if switching {
-        let Some(client_upgrade) = client_upgrade else {
-            lease.detach();
+        // Only an HTTP/1.1 connection switches; it becomes the tunnel.
+        let (Some(client_upgrade), Some(mut tunnel)) = (client_upgrade, lease.upgrade()) else {
             return Err(ProxyError::new(ErrorKind::UpstreamFailed)
                 .context("101 Switching Protocols to a request that asked for no upgrade"));
         };
-        let mut upstream_resp = Response::from_parts(parts, body);
-        let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
-        let (parts, _) = upstream_resp.into_parts();
-        lease.detach();
+        drop(body);
         let active = crate::server::conn::Active::track(&ctx.conn.active);
         // The tunnel keeps the client's socket: it keeps the connection's
         // slots under the listener's caps too.
@@ -213,12 +210,10 @@ pub async fn forward(
             let _active = active;
             let _slots = slots;
             let _held = held;
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => {
+            match client_upgrade.await {
+                Ok(client) => {
                     let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await {
                         tracing::debug!(error = %e, "upgraded connection ended");
                     }
                 }

@@ -2,6 +2,7 @@
 //! connection pool per worker and endpoint.
 
 pub mod balance;
+pub mod h1;
 pub mod health;
 pub mod outlier;
 pub mod pool;

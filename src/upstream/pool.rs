@@ -1,6 +1,7 @@
 //! Connection pools, one per worker and endpoint: keep-alive HTTP/1.1
-//! connections (idle list, idle timeout, per-endpoint cap) and one shared
-//! HTTP/2 (h2c) connection.
+//! connections (idle list, idle timeout, per-endpoint cap) driven by the
+//! request that holds them (see [`h1`](super::h1)), and one shared HTTP/2
+//! (h2c or h2) connection.
 
 use std::collections::VecDeque;
 use std::io;
@@ -10,28 +11,32 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, futures::Notified};
 use tokio::time::{Instant, timeout};
-use tokio_rustls::client::TlsStream;
 
 use super::Upstream;
+use super::h1::{self, Io};
 use super::outlier::Outcome;
 use super::state::{Cap, Held};
 use crate::config::{BalanceConfig, PoolConfig, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError, Retry};
-use crate::proxy::body::{ClientFault, RequestBody};
+use crate::proxy::body::{BodyTooLarge, ClientFault, IdleTimeout, RequestBody};
 
-struct Idle {
-    tx: http1::SendRequest<RequestBody>,
+/// A pooled HTTP/1.1 connection and what it holds for its life.
+pub struct Idle {
+    conn: h1::Conn,
     addr: SocketAddr,
     since: Instant,
-    /// Held for the connection's life: it is what `max_connections` counts.
+    /// What the pool's `max_connections` counts.
     _permit: Option<OwnedSemaphorePermit>,
+    /// What `circuit_breaker.max_connections` counts.
+    _slot: Held<Arc<AtomicU32>>,
 }
 
 /// Connections to one endpoint from one worker.
@@ -61,8 +66,8 @@ impl EndpointPool {
     fn take_idle(&self, idle_timeout: Duration) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // Most recently used first: it is the least likely to have been closed.
-        while let Some(c) = idle.pop_back() {
-            if !c.tx.is_closed() && c.since.elapsed() < idle_timeout {
+        while let Some(mut c) = idle.pop_back() {
+            if c.since.elapsed() < idle_timeout && !c.conn.is_closed() {
                 return Some(c);
             }
         }
@@ -70,7 +75,7 @@ impl EndpointPool {
     }
 
     fn put_idle(&self, c: Idle) {
-        if self.max_idle == 0 || c.tx.is_closed() {
+        if self.max_idle == 0 || !c.conn.reusable() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,7 +90,7 @@ impl EndpointPool {
     /// Drops idle connections older than `idle_timeout`.
     pub fn sweep(&self, idle_timeout: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
+        idle.retain_mut(|c| c.since.elapsed() < idle_timeout && !c.conn.is_closed());
     }
 
     /// Idle HTTP/1.1 connections kept now (for metrics; takes the pool's lock).
@@ -129,6 +134,11 @@ impl Lease {
         Ok(lease)
     }
 
+    /// The HTTP/1.1 connection the response is read from.
+    pub fn conn(&mut self) -> Option<&mut h1::Conn> {
+        self.conn.as_mut().map(|c| &mut c.conn)
+    }
+
     /// Ends the request. A connection whose exchange ended cleanly goes back
     /// to the pool; any other is closed.
     pub fn finish(mut self, clean: bool) {
@@ -144,9 +154,44 @@ impl Lease {
         }
     }
 
-    /// Closes the connection instead of pooling it (after an upgrade).
-    pub fn detach(mut self) {
-        self.conn = None;
+    /// The connection, for the tunnel that follows a 101 (Switching
+    /// Protocols); it keeps its connection slots while the tunnel lasts.
+    pub fn upgrade(mut self) -> Option<Idle> {
+        self.conn.take()
+    }
+}
+
+impl tokio::io::AsyncRead for Idle {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().conn).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Idle {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().conn).poll_write(cx, b)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().conn).poll_shutdown(cx)
     }
 }
 
@@ -168,10 +213,18 @@ fn over_cap(upstream: &Upstream, cap: Cap, limit: u32) -> ProxyError {
     ))
 }
 
+/// An upstream's response body.
+pub enum UpstreamBody {
+    /// Read from the HTTP/1.1 connection in the lease.
+    H1(h1::Decoder),
+    /// A stream of the HTTP/2 connection.
+    H2(Incoming),
+}
+
 /// What a sent request gives back.
 pub struct Sent {
     /// The upstream's response head and body.
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     /// The claim to release when the body is done.
     pub lease: Lease,
     /// The address the request went to.
@@ -242,7 +295,11 @@ async fn exchange(
     let stats = &upstream.stats;
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {
-            let mut req = req;
+            let (head, body) = req.into_parts();
+            // Without a body the request can go again on another connection
+            // when a pooled one turns out closed: nothing of it was consumed.
+            let bodyless = body.is_end_stream();
+            let mut body = Some(body);
             // With `max_connections`, a request that finds neither an idle
             // connection nor a free slot waits for whichever comes first: a
             // connection returned to the idle list, or a slot freed by a
@@ -253,29 +310,22 @@ async fn exchange(
                 // Registered before looking, so a connection returned between
                 // the look and the wait still wakes this request.
                 let returned = pool.returned.notified();
-                // A pooled connection may have been closed by the upstream just
-                // now; hyper hands the request back when it was not sent, so try
-                // the next.
-                while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
-                    if c.tx.ready().await.is_err() {
-                        continue;
-                    }
+                while let Some(c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
+                    let body = body.take().unwrap_or_else(RequestBody::empty);
                     let addr = c.addr;
-                    match timeout(limit, c.tx.try_send_request(req)).await {
-                        Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
-                        Ok(Ok(response)) => {
+                    lease.conn = Some(c);
+                    match send_h1(&mut lease, &head, body, limit).await {
+                        Ok(response) => {
                             stats.connections_reused.fetch_add(1, Ordering::Relaxed);
-                            lease.conn = Some(c);
                             return Ok(Sent {
                                 response,
                                 lease,
                                 addr,
                             });
                         }
-                        Ok(Err(mut e)) => match e.take_message() {
-                            Some(r) => req = r,
-                            None => return Err(upstream_failed(e.into_error())),
-                        },
+                        // The upstream had closed it while it was idle.
+                        Err(h1::Error::Closed(_)) if bodyless => lease.conn = None,
+                        Err(e) => return Err(h1_failed(e)),
                     }
                 }
                 let Some(sem) = &pool.limit else {
@@ -304,18 +354,18 @@ async fn exchange(
                 }
             };
             drop(pending);
-            let (mut tx, addr) = Box::pin(dial_h1(upstream, endpoint)).await?;
-            let response = match timeout(limit, tx.send_request(req)).await {
-                Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
-                Ok(Err(e)) => return Err(upstream_failed(e)),
-                Ok(Ok(r)) => r,
-            };
+            let (io, addr, slot) = Box::pin(open(upstream, endpoint)).await?;
             lease.conn = Some(Idle {
-                tx,
+                conn: h1::Conn::new(io),
                 addr,
                 since: Instant::now(),
                 _permit: permit,
+                _slot: slot,
             });
+            let body = body.take().unwrap_or_else(RequestBody::empty);
+            let response = send_h1(&mut lease, &head, body, limit)
+                .await
+                .map_err(h1_failed)?;
             Ok(Sent {
                 response,
                 lease,
@@ -343,7 +393,8 @@ async fn exchange(
             })
             .await
             .map_err(|_| ProxyError::new(ErrorKind::UpstreamTimeout))?
-            .map_err(upstream_failed)?;
+            .map_err(upstream_failed)?
+            .map(UpstreamBody::H2);
             Ok(Sent {
                 response,
                 lease,
@@ -376,13 +427,6 @@ async fn wait_for_slot(
     }
 }
 
-/// A new connection's transport. Dialling matches on it once and hands the
-/// concrete stream to hyper, so plain connections pay nothing for TLS.
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
 /// Connects to an endpoint for a new pooled connection, with the TLS
 /// handshake when the upstream has `tls`, unless the upstream is at
 /// `circuit_breaker.max_connections`; the returned slot is held for the
@@ -390,7 +434,7 @@ enum Transport {
 async fn open(
     upstream: &Upstream,
     endpoint: usize,
-) -> Result<(Transport, SocketAddr, Held<Arc<AtomicU32>>), ProxyError> {
+) -> Result<(Io, SocketAddr, Held<Arc<AtomicU32>>), ProxyError> {
     let stats = &upstream.stats;
     let cap = upstream.config.circuit_breaker.max_connections;
     let slot = Held::take(stats.connections.clone(), cap)
@@ -400,7 +444,7 @@ async fn open(
     let ep = &upstream.endpoints[endpoint];
     let (stream, addr) = connect(ep, limit).await?;
     let transport = if upstream.config.tls.is_none() {
-        Transport::Plain(stream)
+        Io::Plain(stream)
     } else {
         // Never fall back to cleartext towards an upstream configured for TLS.
         let tls = upstream.tls().ok_or_else(|| {
@@ -417,7 +461,7 @@ async fn open(
                 return Err(ProxyError::new(ErrorKind::ConnectTimeout)
                     .context(format_args!("TLS handshake with {}", ep.address)));
             }
-            Ok(stream) => Transport::Tls(Box::new(stream?)),
+            Ok(stream) => Io::Tls(Box::new(stream?)),
         }
     };
     stats.connect_duration.observe(started.elapsed());
@@ -425,39 +469,22 @@ async fn open(
     Ok((transport, addr, slot))
 }
 
-/// Opens a new HTTP/1.1 connection to `endpoint`.
-async fn dial_h1(
-    upstream: &Upstream,
-    endpoint: usize,
-) -> Result<(http1::SendRequest<RequestBody>, SocketAddr), ProxyError> {
-    let (transport, addr, slot) = open(upstream, endpoint).await?;
-    let tx = match transport {
-        Transport::Plain(s) => handshake_h1(s, slot).await?,
-        Transport::Tls(s) => handshake_h1(*s, slot).await?,
-    };
-    Ok((tx, addr))
-}
-
-/// Starts HTTP/1.1 on `stream` and spawns its connection task, which holds
-/// the connection `slot`.
-async fn handshake_h1<S>(
-    stream: S,
-    slot: Held<Arc<AtomicU32>>,
-) -> Result<http1::SendRequest<RequestBody>, ProxyError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (tx, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ProxyError::new(ErrorKind::ConnectFailed).context(e))?;
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(tx)
+/// Sends a request over the connection in `lease`; the response head
+/// must arrive within `limit`.
+async fn send_h1(
+    lease: &mut Lease,
+    head: &http::request::Parts,
+    body: RequestBody,
+    limit: Duration,
+) -> Result<Response<UpstreamBody>, h1::Error> {
+    let conn = lease
+        .conn()
+        .ok_or(h1::Error::Invalid("no connection in the lease"))?;
+    match timeout(limit, conn.send(head, body)).await {
+        Err(_) => Err(h1::Error::TimedOut),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((parts, decoder))) => Ok(Response::from_parts(parts, UpstreamBody::H1(decoder))),
+    }
 }
 
 /// Opens a new HTTP/2 connection to `endpoint`: h2c, or h2 over TLS.
@@ -467,8 +494,8 @@ async fn dial_h2(
 ) -> Result<(http2::SendRequest<RequestBody>, SocketAddr), ProxyError> {
     let (transport, addr, slot) = open(upstream, endpoint).await?;
     let tx = match transport {
-        Transport::Plain(s) => handshake_h2(s, slot).await?,
-        Transport::Tls(s) => handshake_h2(*s, slot).await?,
+        Io::Plain(s) => handshake_h2(s, slot).await?,
+        Io::Tls(s) => handshake_h2(*s, slot).await?,
     };
     Ok((tx, addr))
 }
@@ -508,14 +535,42 @@ fn client_fault(fault: ClientFault, e: &ProxyError) -> ProxyError {
     err
 }
 
-fn upstream_failed(e: hyper::Error) -> ProxyError {
-    if let Some(kind) = client_body_limit(&e) {
-        return ProxyError::new(kind).context(&e);
+/// The error for a failed HTTP/1.1 exchange.
+fn h1_failed(e: h1::Error) -> ProxyError {
+    let io = match &e {
+        h1::Error::TimedOut => return ProxyError::new(ErrorKind::UpstreamTimeout),
+        h1::Error::Body(b) => {
+            let mut err = ProxyError::new(client_body_kind(&**b)).context(&e);
+            err.retry = Retry::Never;
+            return err;
+        }
+        h1::Error::Closed(io) | h1::Error::Io(io) => Some(io),
+        h1::Error::Invalid(_) => None,
+    };
+    if let Some(tls) = io.and_then(|io| super::tls::refused_after_handshake(io)) {
+        return ProxyError::new(ErrorKind::ConnectFailed)
+            .context(format_args!("TLS handshake refused by the upstream: {tls}"));
     }
-    if client_body_failed(&e) {
-        // Reading the client's body failed (malformed chunking, a stall, a reset):
-        // the client's fault, not the upstream's.
-        return ProxyError::new(ErrorKind::ClientFailed).context(&e);
+    ProxyError::new(ErrorKind::UpstreamFailed).context(&e)
+}
+
+/// What a failure of the client's request body is: a stall (408), a body
+/// over the route's size (413), or any other client failure.
+fn client_body_kind(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    if e.is::<IdleTimeout>() {
+        ErrorKind::RequestTimeout
+    } else if e.is::<BodyTooLarge>() {
+        ErrorKind::PayloadTooLarge
+    } else {
+        ErrorKind::ClientFailed
+    }
+}
+
+fn upstream_failed(e: hyper::Error) -> ProxyError {
+    if let Some(body) = client_body_error(&e) {
+        // Reading the client's body failed (malformed chunking, a stall, a
+        // reset, too large): the client's fault, not the upstream's.
+        return ProxyError::new(client_body_kind(body)).context(&e);
     }
     if let Some(tls) = super::tls::refused_after_handshake(&e) {
         return ProxyError::new(ErrorKind::ConnectFailed)
@@ -543,27 +598,13 @@ fn refused_stream(e: &hyper::Error) -> bool {
     false
 }
 
-/// The client-side limit that failed the request body, if that is what `e`
-/// reports: a stall (408) or a body over the route's size (413).
-fn client_body_limit(e: &hyper::Error) -> Option<ErrorKind> {
+/// The request body's error, when `e` is hyper reporting that the client's
+/// body (streamed through [`RequestBody`]) failed, rather than the upstream.
+fn client_body_error(e: &hyper::Error) -> Option<&(dyn std::error::Error + 'static)> {
     use std::error::Error as _;
-    let source = e.source().filter(|_| e.is_user())?;
-    if source.is::<crate::proxy::body::IdleTimeout>() {
-        Some(ErrorKind::RequestTimeout)
-    } else if source.is::<crate::proxy::body::BodyTooLarge>() {
-        Some(ErrorKind::PayloadTooLarge)
-    } else {
-        None
-    }
-}
-
-/// Whether `e` is hyper reporting that the request body (the client's body,
-/// streamed through [`RequestBody`]) failed, rather than the upstream.
-fn client_body_failed(e: &hyper::Error) -> bool {
-    use std::error::Error as _;
-    e.is_user()
-        && e.source()
-            .is_some_and(|s| s.is::<hyper::Error>() || s.is::<crate::proxy::body::IdleTimeout>())
+    e.source().filter(|s| {
+        e.is_user() && (s.is::<hyper::Error>() || s.is::<IdleTimeout>() || s.is::<BodyTooLarge>())
+    })
 }
 
 /// Connects to the first address of `ep` that accepts, within `limit` in total.

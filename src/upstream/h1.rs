@@ -1,0 +1,962 @@
+//! The HTTP/1.1 upstream client (RFC 9112). A connection is driven by the
+//! task of the request that holds it: the request is written and the
+//! response head read right there, and the response body is read from the
+//! socket as the client takes it. There is no connection task and no channel
+//! between tasks, which is what hyper's client spends a task hop and a
+//! channel send on for every message.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::proxy::body::{BoxError, RequestBody};
+
+/// Largest response head (status line and header fields) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head or a trailer section.
+const MAX_HEADERS: usize = 128;
+/// Largest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Largest trailer section.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Most interim (1xx) responses skipped before the final one.
+const MAX_INTERIM: usize = 16;
+/// The first read asks for this much; a read that fills its space doubles
+/// the next, up to `READ_MAX`.
+const READ_MIN: usize = 8 * 1024;
+const READ_MAX: usize = 64 * 1024;
+
+/// A connection's transport: plain TCP or TLS.
+pub enum Io {
+    /// Cleartext.
+    Plain(TcpStream),
+    /// TLS (boxed: a TLS session is large).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection failed or closed before any byte of a response came.
+    #[error("connection closed before a response: {0}")]
+    Closed(#[source] io::Error),
+    /// The connection failed after the response had begun.
+    #[error("connection failed mid-response: {0}")]
+    Io(#[source] io::Error),
+    /// The request body (the client's side) failed.
+    #[error("request body: {0}")]
+    Body(#[source] BoxError),
+    /// The upstream broke HTTP/1.1.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    /// No response head within the request timeout.
+    #[error("no response within the request timeout")]
+    TimedOut,
+}
+
+/// One HTTP/1.1 connection to an upstream.
+pub struct Conn {
+    io: Io,
+    /// Bytes read and not consumed yet.
+    buf: BytesMut,
+    read_size: usize,
+    /// False once anything makes the framing of a next message doubtful.
+    reusable: bool,
+}
+
+impl Conn {
+    /// A connection over `io`, with nothing exchanged yet.
+    pub fn new(io: Io) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            read_size: READ_MIN,
+            reusable: true,
+        }
+    }
+
+    /// Whether the connection can carry another exchange once this one ends.
+    pub fn reusable(&self) -> bool {
+        self.reusable
+    }
+
+    /// Whether this idle connection is unusable: closed by the upstream, or
+    /// sent something nobody asked for. Looks without waiting.
+    pub fn is_closed(&mut self) -> bool {
+        if !self.reusable || !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        // A TLS record that carries no data (a session ticket) is consumed
+        // here and leaves the connection open.
+        !matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Sends a request and waits for its response head. The body is read
+    /// from this connection with the returned [`Decoder`]; the request body
+    /// goes on being written as the response body is read.
+    pub async fn send(
+        &mut self,
+        head: &http::request::Parts,
+        body: RequestBody,
+    ) -> Result<(http::response::Parts, Decoder), Error> {
+        let mut writer = Some(Writer::new(head, body));
+        let mut interim = 0;
+        let mut received = false;
+        let (parts, state) = std::future::poll_fn(|cx| {
+            self.poll_head(cx, &head.method, &mut writer, &mut interim, &mut received)
+        })
+        .await?;
+        if writer.is_some() && (parts.status.is_client_error() || parts.status.is_server_error()) {
+            // An error answered before the body was sent: the upstream wants
+            // no more of it (RFC 9112 §9.5).
+            writer = None;
+            self.reusable = false;
+        }
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS && writer.is_some() {
+            return Err(Error::Invalid("101 before the request was sent"));
+        }
+        Ok((
+            parts,
+            Decoder {
+                state,
+                writer,
+                failed: None,
+            },
+        ))
+    }
+
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+        writer: &mut Option<Writer>,
+        interim: &mut usize,
+        received: &mut bool,
+    ) -> Poll<Result<(http::response::Parts, State), Error>> {
+        let mut write_failed = None;
+        loop {
+            if let Some(w) = writer {
+                match w.poll(&mut self.io, cx) {
+                    Poll::Ready(Ok(())) => *writer = None,
+                    // The upstream may have answered and closed without
+                    // reading the whole body: its answer is still read.
+                    Poll::Ready(Err(Error::Closed(e))) => {
+                        *writer = None;
+                        self.reusable = false;
+                        write_failed = Some(e);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            while !self.buf.is_empty() {
+                match self.parse_head(method)? {
+                    Head::Final(parts, state) => return Poll::Ready(Ok((parts, state))),
+                    Head::Interim => {
+                        *interim += 1;
+                        if *interim > MAX_INTERIM {
+                            return Poll::Ready(Err(Error::Invalid("too many 1xx responses")));
+                        }
+                    }
+                    Head::Partial => break,
+                }
+            }
+            let failed = match ready!(self.poll_fill(cx)) {
+                Ok(0) => write_failed
+                    .take()
+                    .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {
+                    *received = true;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            return Poll::Ready(Err(if *received {
+                Error::Io(failed)
+            } else {
+                Error::Closed(failed)
+            }));
+        }
+    }
+
+    /// Parses a response head from the buffer.
+    fn parse_head(&mut self, method: &Method) -> Result<Head, Error> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        let len = match resp.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if self.buf.len() >= MAX_HEAD => {
+                return Err(Error::Invalid("response head over 64 KiB"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(Head::Partial),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Invalid("too many header fields"));
+            }
+            Err(_) => return Err(Error::Invalid("malformed response head")),
+        };
+        let status = resp
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or(Error::Invalid("malformed status code"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 and 103 mean nothing to a client of the gateway.
+            self.buf.advance(len);
+            return Ok(Head::Interim);
+        }
+        let version = if resp.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        // Where each field lies in the head, so that values can share its
+        // bytes instead of being copied.
+        let base = self.buf.as_ptr() as usize;
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let count = resp.headers.len();
+        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+            let name = f.name.as_ptr() as usize - base;
+            let value = f.value.as_ptr() as usize - base;
+            // Offsets within a head of at most `MAX_HEAD` bytes.
+            *span = (
+                name as u32,
+                f.name.len() as u32,
+                value as u32,
+                f.value.len() as u32,
+            );
+        }
+        let bytes = self.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(n, nl, v, vl) in &spans[..count] {
+            let name = HeaderName::from_bytes(&bytes[n as usize..(n + nl) as usize])
+                .map_err(|_| Error::Invalid("malformed header field name"))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(v as usize..(v + vl) as usize))
+                .map_err(|_| Error::Invalid("malformed header field value"))?;
+            headers.append(name, value);
+        }
+
+        let state = self.framing(method, status, version, &mut headers)?;
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        Ok(Head::Final(parts, state))
+    }
+
+    /// How the response body is delimited (RFC 9112 §6.3), and whether the
+    /// connection can carry another exchange after it.
+    fn framing(
+        &mut self,
+        method: &Method,
+        status: StatusCode,
+        version: Version,
+        headers: &mut HeaderMap,
+    ) -> Result<State, Error> {
+        let (close, keep_alive) = connection_tokens(headers);
+        if close || (version == Version::HTTP_10 && !keep_alive) {
+            self.reusable = false;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.reusable = false;
+            return Ok(State::Done);
+        }
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(State::Length(0));
+        }
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            // Transfer-Encoding overrides Content-Length, which must not be
+            // passed on; a message that has both is suspect: no reuse.
+            if headers.remove(header::CONTENT_LENGTH).is_some() {
+                self.reusable = false;
+            }
+            if chunked_last(headers) {
+                return Ok(State::Chunked(Chunk::Size));
+            }
+            self.reusable = false;
+            return Ok(State::Close);
+        }
+        match content_length(headers)? {
+            Some(n) => Ok(State::Length(n)),
+            None => {
+                self.reusable = false;
+                Ok(State::Close)
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_MIN {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room && self.read_size < READ_MAX {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// A 101's connection is a tunnel: the bytes read past the head come first.
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.buf.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.buf.len().min(buf.remaining());
+        buf.put_slice(&this.buf[..n]);
+        this.buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, b)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// What the read buffer holds of a response head.
+enum Head {
+    /// Not all of it yet.
+    Partial,
+    /// An interim (1xx) response, now consumed.
+    Interim,
+    Final(http::response::Parts, State),
+}
+
+/// Whether `Connection` carries `close`, and `keep-alive`.
+fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
+    let mut found = (false, false);
+    for t in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    {
+        let t = t.trim_ascii();
+        found.0 |= t.eq_ignore_ascii_case(b"close");
+        found.1 |= t.eq_ignore_ascii_case(b"keep-alive");
+    }
+    found
+}
+
+/// Whether `chunked` is the final transfer coding.
+fn chunked_last(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .rfind(|t| !t.is_empty())
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The body length that `Content-Length` states: every value (on one line
+/// or several) must be the same run of digits (RFC 9110 §8.6).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for t in headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    {
+        let t = t.trim_ascii();
+        let n = (!t.is_empty() && t.len() <= 19 && t.iter().all(u8::is_ascii_digit))
+            .then(|| t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+            .ok_or(Error::Invalid("malformed Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Error::Invalid("conflicting Content-Length values"));
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
+/// What is left of a response body.
+#[derive(Debug)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Close,
+    Done,
+}
+
+/// Where a chunked body's decoding is.
+#[derive(Debug)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// Reads a response body from the connection that carried its head (the
+/// connection stays in the request's lease), and finishes writing the
+/// request body if the upstream answered before it was all sent.
+pub struct Decoder {
+    state: State,
+    writer: Option<Writer>,
+    /// A failure held back for one turn (see `poll_frame`).
+    failed: Option<Error>,
+}
+
+impl Decoder {
+    /// The next frame of the body, read from `conn`.
+    pub fn poll_frame(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Some(w) = &mut self.writer {
+            match w.poll(&mut conn.io, cx) {
+                Poll::Ready(Ok(())) => self.writer = None,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => {}
+            }
+        }
+        let frame = ready!(self.poll_body(conn, cx));
+        match frame {
+            None if self.writer.take().is_some() => {
+                // The response ended before the request did.
+                conn.reusable = false;
+            }
+            Some(Err(e)) => {
+                // The server writes out what it has when this body is
+                // pending; failing now would lose the part of the response
+                // that did arrive.
+                conn.reusable = false;
+                self.failed = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            _ => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn poll_body(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            let fill = match &mut self.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(0) => {
+                    if !conn.buf.is_empty() {
+                        // More than the stated length: not a next response.
+                        conn.reusable = false;
+                    }
+                    self.state = State::Done;
+                    continue;
+                }
+                State::Length(left) | State::Chunked(Chunk::Data(left)) => {
+                    if !conn.buf.is_empty() {
+                        let n = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        *left -= n as u64;
+                        if *left == 0
+                            && let State::Chunked(c) = &mut self.state
+                        {
+                            *c = Chunk::DataEnd;
+                        }
+                        return data(conn.buf.split_to(n).freeze());
+                    }
+                    true
+                }
+                State::Close => {
+                    if !conn.buf.is_empty() {
+                        return data(conn.buf.split().freeze());
+                    }
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => self.state = State::Done,
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+                    }
+                    false
+                }
+                State::Chunked(chunk) => match chunk_step(chunk, &mut conn.buf) {
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                    Ok(Step::More) => true,
+                    Ok(Step::Again) => false,
+                    Ok(Step::Trailers(t)) => {
+                        self.state = State::Done;
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Ok(Step::End) => {
+                        self.state = State::Done;
+                        false
+                    }
+                },
+            };
+            if fill {
+                match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => {
+                        conn.reusable = false;
+                        return Poll::Ready(Some(Err(Error::Invalid(
+                            "connection closed before the end of the body",
+                        ))));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+                }
+            }
+        }
+    }
+
+    /// Whether the body has ended and nothing is left to write.
+    pub fn is_end_stream(&self) -> bool {
+        self.writer.is_none() && matches!(self.state, State::Done | State::Length(0))
+    }
+
+    /// The body's length when the upstream stated it.
+    pub fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+fn data(bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    Poll::Ready(Some(Ok(Frame::data(bytes))))
+}
+
+/// What one step of chunked decoding needs next.
+enum Step {
+    /// More bytes.
+    More,
+    /// Another step over the buffer.
+    Again,
+    Trailers(HeaderMap),
+    End,
+}
+
+/// Decodes what the buffer holds of a chunk-size line, a chunk's CRLF or
+/// the trailer section (RFC 9112 §7.1); data is taken by the caller.
+fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, Error> {
+    match chunk {
+        Chunk::Size => {
+            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                return if buf.len() > MAX_CHUNK_LINE {
+                    Err(Error::Invalid("chunk-size line too long"))
+                } else {
+                    Ok(Step::More)
+                };
+            };
+            let size = chunk_size(&buf[..end])?;
+            buf.advance(end + 1);
+            *chunk = if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(Step::Again)
+        }
+        Chunk::Data(_) => Ok(Step::More),
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::More);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(Error::Invalid("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+            *chunk = Chunk::Size;
+            Ok(Step::Again)
+        }
+        Chunk::Trailers => {
+            if buf.len() < 2 {
+                return Ok(Step::More);
+            }
+            if buf.starts_with(b"\r\n") {
+                buf.advance(2);
+                return Ok(Step::End);
+            }
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return if buf.len() > MAX_TRAILERS {
+                    Err(Error::Invalid("trailer section too large"))
+                } else {
+                    Ok(Step::More)
+                };
+            };
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let section = &buf[..end + 4];
+            let Ok(httparse::Status::Complete((_, fields))) =
+                httparse::parse_headers(section, &mut fields)
+            else {
+                return Err(Error::Invalid("malformed trailer section"));
+            };
+            let mut trailers = HeaderMap::with_capacity(fields.len());
+            for f in fields.iter() {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| Error::Invalid("malformed trailer field name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| Error::Invalid("malformed trailer field value"))?;
+                trailers.append(name, value);
+            }
+            buf.advance(end + 4);
+            Ok(Step::Trailers(trailers))
+        }
+    }
+}
+
+/// The size on a chunk-size line (without its LF): hex digits, then
+/// optional extensions, then CR.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let invalid = Error::Invalid("malformed chunk-size line");
+    let line = line.strip_suffix(b"\r").ok_or(invalid)?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(Error::Invalid("malformed chunk-size line"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';')
+        || rest.iter().any(|&b| b.is_ascii_control() && b != b'\t')
+    {
+        return Err(Error::Invalid("malformed chunk extension"));
+    }
+    line[..digits].iter().try_fold(0u64, |n, &d| {
+        let v = (d as char).to_digit(16).map(u64::from);
+        v.and_then(|v| n.checked_mul(16)?.checked_add(v))
+            .ok_or(Error::Invalid("malformed chunk-size line"))
+    })
+}
+
+/// The request on its way out: the head, then the body, chunked when its
+/// length is not known.
+struct Writer {
+    /// What is being written: head or chunk-size line, data, CRLF.
+    out: [Bytes; 3],
+    /// `out[next..]` is left to write.
+    next: usize,
+    body: Option<RequestBody>,
+    chunked: bool,
+    flushed: bool,
+}
+
+impl Writer {
+    fn new(head: &http::request::Parts, body: RequestBody) -> Self {
+        let length = if body.is_end_stream() {
+            // A method that defines a body says it has none (RFC 9110 §8.6).
+            (matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
+                || head.headers.contains_key(header::CONTENT_LENGTH))
+            .then_some(0)
+        } else {
+            body.size_hint().exact()
+        };
+        let chunked = length.is_none() && !body.is_end_stream();
+        Writer {
+            out: [
+                encode_head(head, length, chunked),
+                Bytes::new(),
+                Bytes::new(),
+            ],
+            next: 0,
+            body: (!body.is_end_stream()).then_some(body),
+            chunked,
+            flushed: false,
+        }
+    }
+
+    /// Writes what can be written; ready once the whole request is out.
+    fn poll(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            ready!(self.poll_out(io, cx)).map_err(Error::Closed)?;
+            let Some(body) = &mut self.body else {
+                if !self.flushed {
+                    ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Closed)?;
+                    self.flushed = true;
+                }
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                None => {
+                    self.body = None;
+                    if self.chunked {
+                        self.queue(Bytes::from_static(b"0\r\n\r\n"), Bytes::new(), b"");
+                    }
+                }
+                Some(Err(e)) => {
+                    self.body = None;
+                    return Poll::Ready(Err(Error::Body(e)));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) if d.is_empty() => {}
+                    Ok(d) if self.chunked => {
+                        let line = Bytes::from(format!("{:x}\r\n", d.len()));
+                        self.queue(line, d, b"\r\n");
+                    }
+                    Ok(d) => self.queue(d, Bytes::new(), b""),
+                    Err(frame) => {
+                        // Trailers end the body; they need chunked coding.
+                        self.body = None;
+                        let mut last = b"0\r\n".to_vec();
+                        if self.chunked
+                            && let Some(t) = frame.trailers_ref()
+                        {
+                            for (name, value) in t {
+                                last.extend_from_slice(name.as_str().as_bytes());
+                                last.extend_from_slice(b": ");
+                                last.extend_from_slice(value.as_bytes());
+                                last.extend_from_slice(b"\r\n");
+                            }
+                        }
+                        if self.chunked {
+                            last.extend_from_slice(b"\r\n");
+                            self.queue(Bytes::from(last), Bytes::new(), b"");
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn queue(&mut self, first: Bytes, second: Bytes, third: &'static [u8]) {
+        self.out = [first, second, Bytes::from_static(third)];
+        self.next = 0;
+    }
+
+    fn poll_out(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            while self.next < self.out.len() && self.out[self.next].is_empty() {
+                self.next += 1;
+            }
+            if self.next == self.out.len() {
+                return Poll::Ready(Ok(()));
+            }
+            let slices = [
+                IoSlice::new(self.out.get(self.next).map_or(&[], |b| &b[..])),
+                IoSlice::new(self.out.get(self.next + 1).map_or(&[], |b| &b[..])),
+                IoSlice::new(self.out.get(self.next + 2).map_or(&[], |b| &b[..])),
+            ];
+            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            for part in &mut self.out[self.next..] {
+                let take = n.min(part.len());
+                part.advance(take);
+                n -= take;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The request line and header fields, with the framing this client
+/// chose: `length`, or chunked.
+fn encode_head(head: &http::request::Parts, length: Option<u64>, chunked: bool) -> Bytes {
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let size = head
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + target.len()
+        + 64;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        // Framing is this client's to state.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0; 20]));
+        out.extend_from_slice(b"\r\n");
+    } else if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// `n` in decimal, written into `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a\r").ok(), Some(26));
+        assert_eq!(chunk_size(b"0\r").ok(), Some(0));
+        assert_eq!(chunk_size(b"5;name=value\r").ok(), Some(5));
+        assert_eq!(chunk_size(b"5 ; a\r").ok(), Some(5));
+        for bad in [
+            &b"\r"[..],
+            b"zz\r",
+            b"5",
+            b"5x\r",
+            b"-5\r",
+            b"11111111111111111\r",
+            b"5;a\x00\r",
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn content_lengths() {
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            }
+            content_length(&h).ok()
+        };
+        assert_eq!(with(&[]), Some(None));
+        assert_eq!(with(&["42"]), Some(Some(42)));
+        assert_eq!(with(&["5, 5"]), Some(Some(5)));
+        assert_eq!(with(&["5", "5"]), Some(Some(5)));
+        assert_eq!(with(&["5, 6"]), None);
+        assert_eq!(with(&["5", "6"]), None);
+        assert_eq!(with(&["-1"]), None);
+        assert_eq!(with(&["+1"]), None);
+        assert_eq!(with(&["abc"]), None);
+        assert_eq!(with(&[""]), None);
+        assert_eq!(with(&["99999999999999999999"]), None);
+    }
+
+    #[test]
+    fn final_coding() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::TRANSFER_ENCODING, HeaderValue::from_str(v).unwrap());
+            chunked_last(&h)
+        };
+        assert!(with("chunked"));
+        assert!(with("gzip, Chunked"));
+        assert!(!with("chunked, gzip"));
+        assert!(!with("gzip"));
+    }
+
+    #[test]
+    fn decimal() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+}
