@@ -529,7 +529,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.exchange.note_error(format_args!("upstream body: {e}"));
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
                     this.ended = true;

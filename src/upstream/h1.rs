@@ -186,7 +186,7 @@ impl Conn {
             parts,
             Decoder {
                 state,
-                writer,
+                writer: writer.map(Box::new),
                 failed: None,
             },
         ))
@@ -251,7 +251,10 @@ impl Conn {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut fields);
         let len = match resp.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(Error::Invalid("response head over 64 KiB"));
+            }
             Ok(httparse::Status::Partial) if self.buf.len() >= MAX_HEAD => {
                 return Err(Error::Invalid("response head over 64 KiB"));
             }
@@ -345,7 +348,16 @@ impl Conn {
             return Ok(State::Close);
         }
         match content_length(headers)? {
-            Some(n) => Ok(State::Length(n)),
+            Some(n) => {
+                let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+                let listed = values.next().is_some_and(|v| v.as_bytes().contains(&b','));
+                if listed || values.next().is_some() {
+                    // One value downstream: a list of equal ones is valid
+                    // here but not understood by every client.
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                Ok(State::Length(n))
+            }
             None => {
                 self.reusable = false;
                 Ok(State::Close)
@@ -484,7 +496,9 @@ enum Chunk {
 /// request body if the upstream answered before it was all sent.
 pub struct Decoder {
     state: State,
-    writer: Option<Writer>,
+    /// Boxed: needed only when the upstream answers before the whole
+    /// request is out.
+    writer: Option<Box<Writer>>,
     /// A failure held back for one turn (see `poll_frame`).
     failed: Option<Error>,
 }
