@@ -229,7 +229,10 @@ async fn route_and_run(
     }
     match &route.action {
         Action::Proxy { upstream, retry } => {
-            forward::forward(gw, upstream, retry.as_ref(), req, ctx).await
+            // Boxed: held inline, forwarding's state would make every
+            // enclosing future several KiB, copied whole at each `.await`
+            // that starts it and again into hyper's dispatcher.
+            Box::pin(forward::forward(gw, upstream, retry.as_ref(), req, ctx)).await
         }
         Action::Respond {
             status,
