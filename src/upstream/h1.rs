@@ -735,12 +735,14 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
 /// The request on its way out: the head, then the body, chunked when its
 /// length is not known.
 struct Writer {
-    /// What is being written: head or chunk-size line, data, CRLF.
-    out: [Bytes; 3],
-    /// `out[next..]` is left to write.
+    /// What is being written: `out[next..len]`.
+    out: [Bytes; 4],
     next: usize,
+    len: usize,
     body: Option<RequestBody>,
     chunked: bool,
+    /// Whether the body's first frame was looked for before the head went.
+    started: bool,
     flushed: bool,
 }
 
@@ -760,16 +762,30 @@ impl Writer {
                 encode_head(head, length, chunked),
                 Bytes::new(),
                 Bytes::new(),
+                Bytes::new(),
             ],
             next: 0,
+            len: 1,
             body: (!body.is_end_stream()).then_some(body),
             chunked,
+            started: false,
             flushed: false,
         }
     }
 
     /// Writes what can be written; ready once the whole request is out.
     fn poll(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if !self.started {
+            self.started = true;
+            // The head waits for a first frame that is already at hand: one
+            // write for both, and nothing at all sent for a body that fails
+            // at once (a malformed first chunk).
+            if let Some(body) = &mut self.body
+                && let Poll::Ready(frame) = Pin::new(body).poll_frame(cx)
+            {
+                self.take(frame)?;
+            }
+        }
         loop {
             ready!(self.poll_out(io, cx)).map_err(Error::Closed)?;
             let Some(body) = &mut self.body else {
@@ -779,71 +795,86 @@ impl Writer {
                 }
                 return Poll::Ready(Ok(()));
             };
-            match ready!(Pin::new(body).poll_frame(cx)) {
-                None => {
-                    self.body = None;
-                    if self.chunked {
-                        self.queue(Bytes::from_static(b"0\r\n\r\n"), Bytes::new(), b"");
-                    }
-                }
-                Some(Err(e)) => {
-                    self.body = None;
-                    return Poll::Ready(Err(Error::Body(e)));
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(d) if d.is_empty() => {}
-                    Ok(d) if self.chunked => {
-                        let line = Bytes::from(format!("{:x}\r\n", d.len()));
-                        self.queue(line, d, b"\r\n");
-                    }
-                    Ok(d) => self.queue(d, Bytes::new(), b""),
-                    Err(frame) => {
-                        // Trailers end the body; they need chunked coding.
-                        self.body = None;
-                        let mut last = b"0\r\n".to_vec();
-                        if self.chunked
-                            && let Some(t) = frame.trailers_ref()
-                        {
-                            for (name, value) in t {
-                                last.extend_from_slice(name.as_str().as_bytes());
-                                last.extend_from_slice(b": ");
-                                last.extend_from_slice(value.as_bytes());
-                                last.extend_from_slice(b"\r\n");
-                            }
-                        }
-                        if self.chunked {
-                            last.extend_from_slice(b"\r\n");
-                            self.queue(Bytes::from(last), Bytes::new(), b"");
-                        }
-                    }
-                },
-            }
+            let frame = ready!(Pin::new(body).poll_frame(cx));
+            self.take(frame)?;
         }
     }
 
-    fn queue(&mut self, first: Bytes, second: Bytes, third: &'static [u8]) {
-        self.out = [first, second, Bytes::from_static(third)];
-        self.next = 0;
+    /// Queues a frame of the body (or its end) in the request's coding.
+    fn take(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), Error> {
+        let frame = match frame {
+            None => {
+                self.body = None;
+                if self.chunked {
+                    self.push(Bytes::from_static(b"0\r\n\r\n"));
+                }
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                self.body = None;
+                return Err(Error::Body(e));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) if self.chunked => {
+                self.push(Bytes::from(format!("{:x}\r\n", d.len())));
+                self.push(d);
+                self.push(Bytes::from_static(b"\r\n"));
+            }
+            Ok(d) => self.push(d),
+            Err(frame) => {
+                // Trailers end the body; only chunked coding can carry them.
+                self.body = None;
+                if self.chunked {
+                    let mut last = b"0\r\n".to_vec();
+                    for (name, value) in frame.trailers_ref().into_iter().flatten() {
+                        last.extend_from_slice(name.as_str().as_bytes());
+                        last.extend_from_slice(b": ");
+                        last.extend_from_slice(value.as_bytes());
+                        last.extend_from_slice(b"\r\n");
+                    }
+                    last.extend_from_slice(b"\r\n");
+                    self.push(Bytes::from(last));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to what is to be written; called only once `out` is written
+    /// out, or right after the head (at most four pieces in all).
+    fn push(&mut self, b: Bytes) {
+        if self.next == self.len {
+            (self.next, self.len) = (0, 0);
+        }
+        if let Some(slot) = self.out.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
     }
 
     fn poll_out(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            while self.next < self.out.len() && self.out[self.next].is_empty() {
+            while self.next < self.len && self.out[self.next].is_empty() {
                 self.next += 1;
             }
-            if self.next == self.out.len() {
+            if self.next == self.len {
                 return Poll::Ready(Ok(()));
             }
+            let piece = |i: usize| IoSlice::new(self.out[..self.len].get(i).map_or(&[], |b| &b[..]));
             let slices = [
-                IoSlice::new(self.out.get(self.next).map_or(&[], |b| &b[..])),
-                IoSlice::new(self.out.get(self.next + 1).map_or(&[], |b| &b[..])),
-                IoSlice::new(self.out.get(self.next + 2).map_or(&[], |b| &b[..])),
+                piece(self.next),
+                piece(self.next + 1),
+                piece(self.next + 2),
+                piece(self.next + 3),
             ];
             let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            for part in &mut self.out[self.next..] {
+            for part in &mut self.out[self.next..self.len] {
                 let take = n.min(part.len());
                 part.advance(take);
                 n -= take;
