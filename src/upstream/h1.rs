@@ -863,7 +863,8 @@ impl Writer {
             if self.next == self.len {
                 return Poll::Ready(Ok(()));
             }
-            let piece = |i: usize| IoSlice::new(self.out[..self.len].get(i).map_or(&[], |b| &b[..]));
+            let piece =
+                |i: usize| IoSlice::new(self.out[..self.len].get(i).map_or(&[], |b| &b[..]));
             let slices = [
                 piece(self.next),
                 piece(self.next + 1),
