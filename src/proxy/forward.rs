@@ -61,6 +61,9 @@ pub async fn forward(
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
+    // Room for what is added below (X-Forwarded-*, Forwarded, the request
+    // id, trace context, Host) in one growth rather than several.
+    headers.reserve(7);
     remove_hop_by_hop(headers, upgrading && !h2);
     // After the hop-by-hop removal: a client's `Connection: traceparent`
     // must not strip the gateway's own.

