@@ -438,6 +438,18 @@ pub struct ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Kind::Upstream(UpstreamBody::H1(d)) = &self.kind
+            && d.sending()
+            && let Some(lease) = self.lease.take()
+            && let Kind::Upstream(UpstreamBody::H1(decoder)) =
+                std::mem::replace(&mut self.kind, Kind::Full(None))
+        {
+            let limit = match self.idle.timeout {
+                Duration::ZERO => Duration::from_secs(60),
+                t => t,
+            };
+            crate::upstream::pool::finish_request(lease, decoder, limit);
+        }
         let clean = self.ended
             || match &self.kind {
                 Kind::Full(_) => true,

@@ -340,8 +340,9 @@ impl Conn {
         }
         if headers.contains_key(header::TRANSFER_ENCODING) {
             // Transfer-Encoding overrides Content-Length, which must not be
-            // passed on; a message that has both is suspect: no reuse.
-            if headers.remove(header::CONTENT_LENGTH).is_some() {
+            // passed on; a message that has both, or an HTTP/1.0 one that has
+            // Transfer-Encoding (RFC 9112 §6.1), is suspect: no reuse.
+            if headers.remove(header::CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
                 self.reusable = false;
             }
             if chunked_last(headers) {
@@ -518,18 +519,18 @@ impl Decoder {
         if let Some(e) = self.failed.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        if let Some(w) = &mut self.writer {
-            match w.poll(&mut conn.io, cx) {
-                Poll::Ready(Ok(())) => self.writer = None,
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                Poll::Pending => {}
-            }
+        if let Err(e) = self.poll_writer(conn, cx) {
+            return Poll::Ready(Some(Err(e)));
         }
         let frame = ready!(self.poll_body(conn, cx));
         match frame {
-            None if self.writer.take().is_some() => {
-                // The response ended before the request did.
-                conn.reusable = false;
+            None if self.writer.is_some() => {
+                // The response is complete, the request not yet (the writer
+                // is pending, its wake-up registered above): the upstream
+                // answered early and still reads the body, so it goes on
+                // until it is all sent, the response's idle timeout bounding
+                // a stall. Only the end of the response waits for that.
+                return Poll::Pending;
             }
             Some(Err(e)) => {
                 // The server writes out what it has when this body is
@@ -543,6 +544,47 @@ impl Decoder {
             _ => {}
         }
         Poll::Ready(frame)
+    }
+
+    /// Whether the request body is still being sent.
+    pub fn sending(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Sends the rest of the request body; ready with whether all of it
+    /// went out.
+    pub fn poll_send(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.poll_writer(conn, cx).is_err() {
+            return Poll::Ready(false);
+        }
+        if self.writer.is_some() {
+            return Poll::Pending;
+        }
+        Poll::Ready(conn.reusable)
+    }
+
+    /// Writes what it can of a request body still being sent. A connection
+    /// that fails the write may still hold the response: the write stops
+    /// and reading goes on. A failure of the client's body fails the
+    /// response too.
+    fn poll_writer(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Result<(), Error> {
+        let Some(w) = &mut self.writer else {
+            return Ok(());
+        };
+        match w.poll(&mut conn.io, cx) {
+            Poll::Pending => return Ok(()),
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                conn.reusable = false;
+                self.writer = None;
+                return match e {
+                    Error::Closed(_) => Ok(()),
+                    e => Err(e),
+                };
+            }
+        }
+        self.writer = None;
+        Ok(())
     }
 
     fn poll_body(
@@ -658,6 +700,9 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, Error> {
                     Ok(Step::More)
                 };
             };
+            if end > MAX_CHUNK_LINE {
+                return Err(Error::Invalid("chunk-size line too long"));
+            }
             let size = chunk_size(&buf[..end])?;
             buf.advance(end + 1);
             *chunk = if size == 0 {
@@ -694,6 +739,9 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, Error> {
                     Ok(Step::More)
                 };
             };
+            if end + 4 > MAX_TRAILERS {
+                return Err(Error::Invalid("trailer section too large"));
+            }
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let section = &buf[..end + 4];
             let Ok(httparse::Status::Complete((_, fields))) =
@@ -748,7 +796,6 @@ struct Writer {
     chunked: bool,
     /// Whether the body's first frame was looked for before the head went.
     started: bool,
-    flushed: bool,
 }
 
 impl Writer {
@@ -774,7 +821,6 @@ impl Writer {
             body: (!body.is_end_stream()).then_some(body),
             chunked,
             started: false,
-            flushed: false,
         }
     }
 
@@ -793,11 +839,10 @@ impl Writer {
         }
         loop {
             ready!(self.poll_out(io, cx)).map_err(Error::Closed)?;
+            // Out before waiting for more: TLS may still hold records that
+            // the socket did not take.
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Closed)?;
             let Some(body) = &mut self.body else {
-                if !self.flushed {
-                    ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Closed)?;
-                    self.flushed = true;
-                }
                 return Poll::Ready(Ok(()));
             };
             let frame = ready!(Pin::new(body).poll_frame(cx));

@@ -204,6 +204,30 @@ impl Drop for Lease {
     }
 }
 
+/// Sends the rest of a request body that the upstream answered before it had
+/// it all, once the client's response is done (hyper lets go of a response
+/// body as soon as its stated length is out), within `limit`; the connection
+/// is closed afterwards.
+pub fn finish_request(mut lease: Lease, mut decoder: h1::Decoder, limit: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let sent = timeout(
+            limit,
+            std::future::poll_fn(|cx| match lease.conn() {
+                Some(conn) => decoder.poll_send(conn, cx),
+                None => std::task::Poll::Ready(false),
+            }),
+        )
+        .await;
+        if !matches!(sent, Ok(true)) {
+            tracing::debug!("request body not sent whole after an early answer");
+        }
+        lease.finish(false);
+    });
+}
+
 /// The 503 for a request refused by a circuit-breaker cap; counted.
 fn over_cap(upstream: &Upstream, cap: Cap, limit: u32) -> ProxyError {
     upstream.stats.rejected[cap as usize].fetch_add(1, Ordering::Relaxed);
@@ -296,10 +320,16 @@ async fn exchange(
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {
             let (head, body) = req.into_parts();
-            // Without a body the request can go again on another connection
-            // when a pooled one turns out closed: nothing of it was consumed.
-            let bodyless = body.is_end_stream();
+            // A pooled connection the upstream closed just as the request went
+            // out fails with nothing received. An idempotent request without a
+            // body (nothing of it consumed) then goes once more on another
+            // connection (RFC 9112 §9.3.1): the upstream may also have read
+            // it and closed without answering, which is why only once.
+            let mut resend = body.is_end_stream() && head.method.is_idempotent();
             let mut body = Some(body);
+            // The response head is due `limit` after the request is first
+            // handed to a connection, whichever connection it comes over.
+            let mut due = None;
             // With `max_connections`, a request that finds neither an idle
             // connection nor a free slot waits for whichever comes first: a
             // connection returned to the idle list, or a slot freed by a
@@ -314,7 +344,8 @@ async fn exchange(
                     let body = body.take().unwrap_or_else(RequestBody::empty);
                     let addr = c.addr;
                     lease.conn = Some(c);
-                    match send_h1(&mut lease, &head, body, limit).await {
+                    let until = *due.get_or_insert_with(|| Instant::now() + limit);
+                    match send_h1(&mut lease, &head, body, until).await {
                         Ok(response) => {
                             stats.connections_reused.fetch_add(1, Ordering::Relaxed);
                             return Ok(Sent {
@@ -323,8 +354,10 @@ async fn exchange(
                                 addr,
                             });
                         }
-                        // The upstream had closed it while it was idle.
-                        Err(h1::Error::Closed(_)) if bodyless => lease.conn = None,
+                        Err(h1::Error::Closed(_)) if resend => {
+                            resend = false;
+                            lease.conn = None;
+                        }
                         Err(e) => return Err(h1_failed(e)),
                     }
                 }
@@ -363,7 +396,8 @@ async fn exchange(
                 _slot: slot,
             });
             let body = body.take().unwrap_or_else(RequestBody::empty);
-            let response = send_h1(&mut lease, &head, body, limit)
+            let until = *due.get_or_insert_with(|| Instant::now() + limit);
+            let response = send_h1(&mut lease, &head, body, until)
                 .await
                 .map_err(h1_failed)?;
             Ok(Sent {
@@ -470,17 +504,17 @@ async fn open(
 }
 
 /// Sends a request over the connection in `lease`; the response head
-/// must arrive within `limit`.
+/// must arrive by `until`.
 async fn send_h1(
     lease: &mut Lease,
     head: &http::request::Parts,
     body: RequestBody,
-    limit: Duration,
+    until: Instant,
 ) -> Result<Response<UpstreamBody>, h1::Error> {
     let conn = lease
         .conn()
         .ok_or(h1::Error::Invalid("no connection in the lease"))?;
-    match timeout(limit, conn.send(head, body)).await {
+    match tokio::time::timeout_at(until, conn.send(head, body)).await {
         Err(_) => Err(h1::Error::TimedOut),
         Ok(Err(e)) => Err(e),
         Ok(Ok((parts, decoder))) => Ok(Response::from_parts(parts, UpstreamBody::H1(decoder))),
