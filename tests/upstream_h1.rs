@@ -19,17 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::Gateway;
+use http_body_util::Full;
+use support::h1::{LIMIT, exchange, fetch, gateway, get};
 use support::raw::{self, RawResponse, find};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-/// Bound on every exchange a test waits for.
-const LIMIT: Duration = Duration::from_secs(10);
 /// Bound on the life of one upstream connection.
 const CONN_LIFE: Duration = Duration::from_secs(120);
 
@@ -207,22 +204,10 @@ async fn serve(
     }
 }
 
-/// Reads more bytes into `buf`; false at EOF or on error.
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 65536];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
 /// Reads until `buf` holds at least `n` bytes; None at EOF.
 async fn fill_to(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Option<()> {
     while buf.len() < n {
-        if !fill(stream, buf).await {
+        if !raw::read_more(stream, buf).await {
             return None;
         }
     }
@@ -235,7 +220,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> 
         if let Some(i) = find(buf, b"\r\n") {
             break i;
         }
-        if !fill(stream, buf).await {
+        if !raw::read_more(stream, buf).await {
             return None;
         }
     };
@@ -245,16 +230,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> 
 }
 
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Option<Seen> {
-    let end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !fill(stream, buf).await {
-            return None;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end);
+    let head = raw::take_head(stream, buf).await?;
     let mut lines = head.split("\r\n");
     let mut start = lines.next()?.split(' ');
     let (method, path) = (start.next()?.to_string(), start.next()?.to_string());
@@ -304,42 +280,6 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, req: &Seen) -> Opt
 
 // ---------------------------------------------------------------------------
 // Gateway and client
-
-/// One worker (so one upstream pool for every client connection) proxying
-/// every path to `up`.
-fn gateway(up: &Upstream) -> (Gateway, SocketAddr) {
-    let mut gw = Gateway::start(&format!(
-        r#"
-workers: 1
-listeners: [{{ name: main, address: "127.0.0.1:0" }}]
-upstreams:
-  u: {{ endpoints: ["{}"], timeouts: {{ request: 5s }} }}
-routes:
-  - {{ name: all, match: {{ prefix: / }}, upstream: u }}
-"#,
-        up.addr
-    ));
-    let addr = gw.addr("main");
-    (gw, addr)
-}
-
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: h1.test\r\n\r\n").into_bytes()
-}
-
-/// `request` on a new client connection; the response, or why there is none.
-async fn exchange(addr: SocketAddr, request: &[u8]) -> Result<RawResponse, String> {
-    timeout(LIMIT, raw::exchange(addr, request))
-        .await
-        .unwrap_or_else(|_| Err("no answer within the timeout".into()))
-}
-
-/// GET `path` on a new client connection; a response must come.
-async fn fetch(addr: SocketAddr, path: &str) -> RawResponse {
-    exchange(addr, &get(path))
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
 
 /// One keep-alive HTTP/1.1 client connection, written byte for byte.
 struct Client(TcpStream);
@@ -440,7 +380,7 @@ async fn content_length_body_is_relayed_exactly_and_the_connection_reused() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     let r = client.get("/small").await;
     assert_body(&r, &small);
@@ -466,7 +406,7 @@ async fn chunked_body_with_extensions_is_decoded_and_the_connection_reused() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     let r = client.get("/chunked").await;
     assert_body(&r, b"hello 01234567890\r\n\r\n");
@@ -485,29 +425,15 @@ async fn chunked_trailers_reach_an_http2_client() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
-    let (status, body, trailers) = timeout(LIMIT, async {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get("http://h1.test/trailers")
-            .header("te", "trailers")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = tx.send_request(req).await.unwrap();
-        let status = resp.status();
-        let collected = resp.into_body().collect().await.unwrap();
-        let trailers = collected.trailers().cloned();
-        (status, collected.to_bytes(), trailers)
-    })
-    .await
-    .expect("HTTP/2 request timed out");
-    assert_eq!(status, 200);
-    assert_eq!(body, "hello world");
-    let trailers = trailers.expect("no trailers reached the client");
+    let (_gw, addr) = gateway(up.addr);
+    let req = http::Request::get("http://h1.test/trailers")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = support::send_h2(addr, req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "hello world");
+    let trailers = r.trailers.expect("no trailers reached the client");
     assert_eq!(
         trailers.get("x-checksum").and_then(|v| v.to_str().ok()),
         Some("abc"),
@@ -524,7 +450,7 @@ async fn close_delimited_body_is_relayed_whole_and_the_connection_not_reused() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     assert_body(&fetch(addr, "/until-close").await, &body);
     assert_body(&fetch(addr, "/next").await, b"/next");
     assert_ne!(up.conn("/until-close"), up.conn("/next"));
@@ -545,7 +471,7 @@ async fn interim_responses_are_followed_by_the_final_response() {
         Answer::KeepOpen([interim.as_bytes(), &ok(req.path.as_bytes())].concat())
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     for path in ["/continue", "/hints", "/all"] {
         let r = client.get(path).await;
@@ -570,7 +496,7 @@ async fn repeated_identical_content_length_is_accepted() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     for path in ["/list", "/lines"] {
         // `Connection: close`, so that a length the client cannot parse still
         // ends with the connection (and shows in the failure).
@@ -603,7 +529,7 @@ async fn head_response_has_no_body_and_the_connection_is_reused() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     let r = client
         .send(b"HEAD /head HTTP/1.1\r\nHost: h1.test\r\n\r\n")
@@ -632,7 +558,7 @@ async fn assert_not_reused_after(path: &str, answer: &'static [u8], body: &[u8])
         }
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     assert_body(&client.get(path).await, body);
     assert_body(&client.get("/next").await, b"/next");
@@ -660,6 +586,31 @@ async fn connection_close_response_is_not_reused() {
     .await;
 }
 
+/// A pooled connection that the upstream closes under a GET, with no answer:
+/// the GET goes once more, on a new connection (RFC 9112 §9.3.1).
+#[tokio::test]
+async fn get_on_a_pooled_connection_closed_under_it_goes_once_more() {
+    let up = upstream(|req| match (req.path.as_str(), req.conn) {
+        ("/closed-under", 0) => Answer::Close(Vec::new()),
+        _ => echo(req),
+    })
+    .await;
+    let (_gw, addr) = gateway(up.addr);
+    assert_body(&fetch(addr, "/first").await, b"/first");
+    assert_body(&fetch(addr, "/closed-under").await, b"/closed-under");
+    let conns: Vec<usize> = up
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/closed-under")
+        .map(|s| s.conn)
+        .collect();
+    assert_eq!(
+        conns,
+        [0, 1],
+        "sent on the pooled connection, then a new one"
+    );
+}
+
 #[tokio::test]
 async fn bytes_past_content_length_are_never_taken_as_the_next_response() {
     let up = upstream(|req| match req.path.as_str() {
@@ -673,7 +624,7 @@ async fn bytes_past_content_length_are_never_taken_as_the_next_response() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     assert_body(&client.get("/extra").await, b"ok");
     assert_body(&client.get("/next").await, b"/next");
@@ -686,7 +637,7 @@ async fn bytes_past_content_length_are_never_taken_as_the_next_response() {
 #[tokio::test]
 async fn chunked_request_body_reaches_the_upstream_intact() {
     let up = upstream(echo).await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     // The second chunk's data looks like a last chunk.
     let r = client
@@ -712,7 +663,7 @@ async fn chunked_request_body_reaches_the_upstream_intact() {
 #[tokio::test]
 async fn content_length_request_body_reaches_the_upstream_intact() {
     let up = upstream(echo).await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = Client::connect(addr).await;
     // A body that is a last chunk and a request, should it be framed wrongly.
     let body = b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h1.test\r\n\r\n";
@@ -746,7 +697,7 @@ async fn early_response_to_a_large_upload_is_relayed_without_hanging() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let (mut rd, mut wr) = raw::connect(addr).await.into_split();
     // The client keeps sending its body while it waits for the answer.
     let writer = tokio::spawn(async move {
@@ -825,7 +776,7 @@ async fn invalid_content_length_is_502_and_the_gateway_goes_on() {
         Answer::Close(response(&format!("HTTP/1.1 200 OK\r\n{length}"), b"hello!"))
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     for path in ["/alpha", "/negative", "/list", "/lines"] {
         assert_bad_gateway(&fetch(addr, path).await, path);
         assert_serves(addr).await;
@@ -843,7 +794,7 @@ async fn chunked_with_content_length_is_never_framed_by_the_length() {
         Answer::KeepOpen(response(head, b"5\r\nhello\r\n0\r\n\r\n"))
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     for (i, path) in ["/te-then-cl", "/cl-then-te"].into_iter().enumerate() {
         let r = fetch(addr, path).await;
         if r.status != 502 {
@@ -878,7 +829,7 @@ async fn non_chunked_final_transfer_coding_is_answered_without_hanging() {
         Answer::Close(response(&head, BODY))
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     for path in ["/gzip", "/chunked-gzip"] {
         // Read until the connection closes (RFC 9112 §6.3), or refused.
         let r = exchange(addr, &get(path))
@@ -904,7 +855,7 @@ async fn response_head_over_64_kib_is_502() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     assert_bad_gateway(&fetch(addr, "/big-head").await, "80 KiB header");
     assert_serves(addr).await;
 }
@@ -919,7 +870,7 @@ async fn malformed_chunk_size_cuts_the_response_and_drops_the_connection() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     // An error before any head, or a cut response: never a complete 200.
     if let Ok(r) = exchange(addr, &get("/bad-chunk")).await {
         assert!(
@@ -945,7 +896,7 @@ async fn obsolete_line_folding_in_a_response_is_502() {
         _ => echo(req),
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     assert_bad_gateway(&fetch(addr, "/folded").await, "obs-fold");
     assert_serves(addr).await;
 }
@@ -963,7 +914,7 @@ async fn status_line_that_is_not_http1_is_502() {
         Answer::Close(response(&head, b"ok"))
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     for path in ["/v2.0", "/v2", "/v3.0"] {
         assert_bad_gateway(&fetch(addr, path).await, path);
     }

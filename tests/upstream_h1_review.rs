@@ -17,15 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::Gateway;
+use support::h1::{LIMIT, exchange, fetch, gateway, get};
 use support::raw::{self, RawResponse, find};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
-/// Bound on every exchange a test waits for.
-const LIMIT: Duration = Duration::from_secs(10);
 /// Bound on the life of one upstream connection.
 const CONN_LIFE: Duration = Duration::from_secs(60);
 
@@ -110,16 +108,7 @@ struct Req {
 
 /// Reads a request head (requests here carry Content-Length or no body).
 async fn read_req(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
-    let end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !fill(s, buf).await {
-            return None;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end);
+    let head = raw::take_head(s, buf).await?;
     let mut lines = head.split("\r\n");
     let mut start = lines.next()?.split(' ');
     let (method, path) = (start.next()?.to_string(), start.next()?.to_string());
@@ -135,24 +124,12 @@ async fn read_req(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
     })
 }
 
-/// Reads more bytes into `buf`; false at EOF or on error.
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 65536];
-    match s.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
 /// Reads and drops `n` body bytes; how many there were before EOF.
 async fn skip_body(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> usize {
     let mut got = buf.len().min(n);
     buf.drain(..got);
     while got < n {
-        if !fill(s, buf).await {
+        if !raw::read_more(s, buf).await {
             return got;
         }
         let take = buf.len().min(n - got);
@@ -200,38 +177,6 @@ where
 // ---------------------------------------------------------------------------
 // Gateway and client
 
-fn gateway(up: &Upstream) -> (Gateway, SocketAddr) {
-    let mut gw = Gateway::start(&format!(
-        r#"
-workers: 1
-listeners: [{{ name: main, address: "127.0.0.1:0" }}]
-upstreams:
-  u: {{ endpoints: ["{}"], timeouts: {{ request: 5s }} }}
-routes:
-  - {{ name: all, match: {{ prefix: / }}, upstream: u }}
-"#,
-        up.addr
-    ));
-    let addr = gw.addr("main");
-    (gw, addr)
-}
-
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: h1.test\r\n\r\n").into_bytes()
-}
-
-async fn exchange(addr: SocketAddr, request: &[u8]) -> Result<RawResponse, String> {
-    timeout(LIMIT, raw::exchange(addr, request))
-        .await
-        .unwrap_or_else(|_| Err("no answer within the timeout".into()))
-}
-
-async fn fetch(addr: SocketAddr, path: &str) -> RawResponse {
-    exchange(addr, &get(path))
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
 #[track_caller]
 fn assert_body(r: &RawResponse, body: &[u8]) {
     assert_eq!(r.status, 200, "{:?} {:?}", r.headers, r.text());
@@ -277,7 +222,7 @@ async fn bodyless_post_taken_by_the_upstream_is_not_sent_again() {
         })
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     // Three connections in the pool.
     let warm: Vec<_> = (0..3)
         .map(|_| tokio::spawn(async move { fetch(addr, "/x-slow").await }))
@@ -321,7 +266,7 @@ async fn http10_response_with_transfer_encoding_is_not_reused() {
         })
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let r = fetch(addr, "/x-te10").await;
     assert_eq!(r.status, 200, "{:?}", r.text());
     assert_body(&fetch(addr, "/next").await, b"/next");
@@ -359,7 +304,7 @@ async fn bytes_after_a_bodyless_response_are_never_the_next_response() {
         })
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     for (i, path) in [
         "/x-204",
         "/x-204-later",
@@ -413,7 +358,7 @@ async fn chunked_response_split_at_every_byte_is_decoded_and_reused() {
         })
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let mut client = raw::connect(addr).await;
     client.write_all(&get("/x-drip")).await.unwrap();
     let r = raw::read_response(&mut client, false).await.unwrap();
@@ -444,7 +389,7 @@ async fn early_2xx_answer_does_not_cut_the_upload() {
         })
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let (mut rd, mut wr) = raw::connect(addr).await.into_split();
     let writer = tokio::spawn(async move {
         let head =
@@ -515,7 +460,7 @@ async fn write_failure_after_an_early_answer_does_not_lose_the_response() {
         })
     })
     .await;
-    let (gw, addr) = gateway(&up);
+    let (gw, addr) = gateway(up.addr);
     // The reset races the last bytes into the gateway: a few tries, and
     // none may lose them.
     for attempt in 0..5 {
@@ -573,7 +518,7 @@ async fn chunk_size_line_over_4_kib_is_refused_in_one_read_too() {
         })
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let r = exchange(addr, &get("/x-long-line")).await;
     if let Ok(r) = &r {
         assert!(
@@ -607,7 +552,7 @@ async fn endless_trailer_section_is_cut_and_the_gateway_goes_on() {
         })
     })
     .await;
-    let (_gw, addr) = gateway(&up);
+    let (_gw, addr) = gateway(up.addr);
     let r = exchange(addr, &get("/x-trailers")).await;
     match &r {
         Ok(r) => assert!(r.status != 200 || !r.complete, "{:?}", r.text()),

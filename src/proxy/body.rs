@@ -453,8 +453,7 @@ impl Drop for ResponseBody {
         let clean = self.ended
             || match &self.kind {
                 Kind::Full(_) => true,
-                Kind::Upstream(UpstreamBody::H1(b)) => b.is_end_stream(),
-                Kind::Upstream(UpstreamBody::H2(b)) => b.is_end_stream(),
+                Kind::Upstream(b) => b.is_end_stream(),
             };
         if let Some(lease) = self.lease.take() {
             lease.finish(clean);
@@ -566,16 +565,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(d) => d.is_none(),
-            Kind::Upstream(UpstreamBody::H1(b)) => b.is_end_stream(),
-            Kind::Upstream(UpstreamBody::H2(b)) => b.is_end_stream(),
+            Kind::Upstream(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
-            Kind::Upstream(UpstreamBody::H1(b)) => b.size_hint(),
-            Kind::Upstream(UpstreamBody::H2(b)) => b.size_hint(),
+            Kind::Upstream(b) => b.size_hint(),
         }
     }
 }

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{Replayable, RequestBody, ResponseBody};
-use super::headers::{remove_hop_by_hop, set_forwarded};
+use super::headers::{list_elements, remove_hop_by_hop, set_forwarded};
 use super::retry::{self, RetryPolicy};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
@@ -197,7 +197,7 @@ pub async fn forward(
     }
     if switching {
         // Only an HTTP/1.1 connection switches; it becomes the tunnel.
-        let (Some(client_upgrade), Some(mut tunnel)) = (client_upgrade, lease.upgrade()) else {
+        let (Some(client_upgrade), Some(mut tunnel)) = (client_upgrade, lease.into_conn()) else {
             return Err(ProxyError::new(ErrorKind::UpstreamFailed)
                 .context("101 Switching Protocols to a request that asked for no upgrade"));
         };
@@ -216,7 +216,8 @@ pub async fn forward(
             match client_upgrade.await {
                 Ok(client) => {
                     let mut client = TokioIo::new(client);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await {
+                    let upstream = tunnel.conn();
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, upstream).await {
                         tracing::debug!(error = %e, "upgraded connection ended");
                     }
                 }
@@ -292,13 +293,8 @@ fn address(
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && list_elements(req.headers(), header::CONNECTION)
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// The bytes a consistent hash is computed over.

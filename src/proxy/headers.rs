@@ -25,12 +25,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = list_elements(headers, header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .filter(|n| !(upgrading && n == header::UPGRADE))
             .collect();
         for n in named {
@@ -41,11 +37,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    });
+    let te_trailers =
+        list_elements(headers, header::TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -55,6 +48,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The elements of a comma-separated list field (RFC 9110 §5.6.1), over all
+/// of its field lines, trimmed; empty elements included.
+pub fn list_elements(
+    headers: &HeaderMap,
+    name: impl header::AsHeaderName,
+) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

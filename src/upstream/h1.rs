@@ -5,6 +5,7 @@
 //! between tasks, which is what hyper's client spends a task hop and a
 //! channel send on for every message.
 
+use std::borrow::BorrowMut;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::proxy::body::{BoxError, RequestBody};
+use crate::proxy::headers::list_elements;
 
 /// Largest response head (status line and header fields) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -203,22 +205,8 @@ impl Conn {
         interim: &mut usize,
         received: &mut bool,
     ) -> Poll<Result<(http::response::Parts, State), Error>> {
-        let mut write_failed = None;
         loop {
-            if let Some(w) = writer {
-                match w.poll(&mut self.io, cx) {
-                    Poll::Ready(Ok(())) => *writer = None,
-                    // The upstream may have answered and closed without
-                    // reading the whole body: its answer is still read.
-                    Poll::Ready(Err(Error::Closed(e))) => {
-                        *writer = None;
-                        self.reusable = false;
-                        write_failed = Some(e);
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            }
+            self.poll_request(writer, cx)?;
             while !self.buf.is_empty() {
                 match self.parse_head(method)? {
                     Head::Final(parts, state) => return Poll::Ready(Ok((parts, state))),
@@ -232,9 +220,7 @@ impl Conn {
                 }
             }
             let failed = match ready!(self.poll_fill(cx)) {
-                Ok(0) => write_failed
-                    .take()
-                    .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => io::ErrorKind::UnexpectedEof.into(),
                 Ok(_) => {
                     *received = true;
                     continue;
@@ -247,6 +233,34 @@ impl Conn {
                 Error::Closed(failed)
             }));
         }
+    }
+
+    /// Writes what it can of a request still being sent. A write that fails
+    /// (the upstream closed its side) stops the request but not the reading:
+    /// the response may already be in the socket. Only a failure of the
+    /// client's body is an error.
+    fn poll_request<W: BorrowMut<Writer>>(
+        &mut self,
+        writer: &mut Option<W>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let Some(w) = writer else {
+            return Ok(());
+        };
+        let result = match w.borrow_mut().poll(&mut self.io, cx) {
+            Poll::Pending => return Ok(()),
+            Poll::Ready(Ok(())) => Ok(()),
+            Poll::Ready(Err(Error::Closed(_))) => {
+                self.reusable = false;
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => {
+                self.reusable = false;
+                Err(e)
+            }
+        };
+        *writer = None;
+        result
     }
 
     /// Parses a response head from the buffer.
@@ -433,12 +447,7 @@ enum Head {
 /// Whether `Connection` carries `close`, and `keep-alive`.
 fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
     let mut found = (false, false);
-    for t in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-    {
-        let t = t.trim_ascii();
+    for t in list_elements(headers, header::CONNECTION) {
         found.0 |= t.eq_ignore_ascii_case(b"close");
         found.1 |= t.eq_ignore_ascii_case(b"keep-alive");
     }
@@ -447,12 +456,9 @@ fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
 
 /// Whether `chunked` is the final transfer coding.
 fn chunked_last(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .rfind(|t| !t.is_empty())
+    list_elements(headers, header::TRANSFER_ENCODING)
+        .filter(|t| !t.is_empty())
+        .last()
         .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
 }
 
@@ -460,12 +466,7 @@ fn chunked_last(headers: &HeaderMap) -> bool {
 /// or several) must be the same run of digits (RFC 9110 §8.6).
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut length = None;
-    for t in headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-    {
-        let t = t.trim_ascii();
+    for t in list_elements(headers, header::CONTENT_LENGTH) {
         let n = (!t.is_empty() && t.len() <= 19 && t.iter().all(u8::is_ascii_digit))
             .then(|| t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
             .ok_or(Error::Invalid("malformed Content-Length"))?;
@@ -519,7 +520,7 @@ impl Decoder {
         if let Some(e) = self.failed.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        if let Err(e) = self.poll_writer(conn, cx) {
+        if let Err(e) = conn.poll_request(&mut self.writer, cx) {
             return Poll::Ready(Some(Err(e)));
         }
         let frame = ready!(self.poll_body(conn, cx));
@@ -554,37 +555,13 @@ impl Decoder {
     /// Sends the rest of the request body; ready with whether all of it
     /// went out.
     pub fn poll_send(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.poll_writer(conn, cx).is_err() {
+        if conn.poll_request(&mut self.writer, cx).is_err() {
             return Poll::Ready(false);
         }
         if self.writer.is_some() {
             return Poll::Pending;
         }
         Poll::Ready(conn.reusable)
-    }
-
-    /// Writes what it can of a request body still being sent. A connection
-    /// that fails the write may still hold the response: the write stops
-    /// and reading goes on. A failure of the client's body fails the
-    /// response too.
-    fn poll_writer(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Result<(), Error> {
-        let Some(w) = &mut self.writer else {
-            return Ok(());
-        };
-        match w.poll(&mut conn.io, cx) {
-            Poll::Pending => return Ok(()),
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => {
-                conn.reusable = false;
-                self.writer = None;
-                return match e {
-                    Error::Closed(_) => Ok(()),
-                    e => Err(e),
-                };
-            }
-        }
-        self.writer = None;
-        Ok(())
     }
 
     fn poll_body(

@@ -39,6 +39,13 @@ pub struct Idle {
     _slot: Held<Arc<AtomicU32>>,
 }
 
+impl Idle {
+    /// The connection itself.
+    pub fn conn(&mut self) -> &mut h1::Conn {
+        &mut self.conn
+    }
+}
+
 /// Connections to one endpoint from one worker.
 pub struct EndpointPool {
     idle: Mutex<VecDeque<Idle>>,
@@ -136,7 +143,7 @@ impl Lease {
 
     /// The HTTP/1.1 connection the response is read from.
     pub fn conn(&mut self) -> Option<&mut h1::Conn> {
-        self.conn.as_mut().map(|c| &mut c.conn)
+        self.conn.as_mut().map(Idle::conn)
     }
 
     /// Ends the request. A connection whose exchange ended cleanly goes back
@@ -156,42 +163,8 @@ impl Lease {
 
     /// The connection, for the tunnel that follows a 101 (Switching
     /// Protocols); it keeps its connection slots while the tunnel lasts.
-    pub fn upgrade(mut self) -> Option<Idle> {
+    pub fn into_conn(mut self) -> Option<Idle> {
         self.conn.take()
-    }
-}
-
-impl tokio::io::AsyncRead for Idle {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().conn).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Idle {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        b: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().conn).poll_write(cx, b)
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().conn).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().conn).poll_shutdown(cx)
     }
 }
 
@@ -243,6 +216,24 @@ pub enum UpstreamBody {
     H1(h1::Decoder),
     /// A stream of the HTTP/2 connection.
     H2(Incoming),
+}
+
+impl UpstreamBody {
+    /// Whether the body has ended (for HTTP/1.1, with the request all sent).
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    /// The body's length, when known.
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// What a sent request gives back.
@@ -340,24 +331,21 @@ async fn exchange(
                 // Registered before looking, so a connection returned between
                 // the look and the wait still wakes this request.
                 let returned = pool.returned.notified();
-                while let Some(c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
+                while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
                     let body = body.take().unwrap_or_else(RequestBody::empty);
-                    let addr = c.addr;
-                    lease.conn = Some(c);
                     let until = *due.get_or_insert_with(|| Instant::now() + limit);
-                    match send_h1(&mut lease, &head, body, until).await {
+                    match send_h1(&mut c.conn, &head, body, until).await {
                         Ok(response) => {
                             stats.connections_reused.fetch_add(1, Ordering::Relaxed);
+                            let addr = c.addr;
+                            lease.conn = Some(c);
                             return Ok(Sent {
                                 response,
                                 lease,
                                 addr,
                             });
                         }
-                        Err(h1::Error::Closed(_)) if resend => {
-                            resend = false;
-                            lease.conn = None;
-                        }
+                        Err(h1::Error::Closed(_)) if resend => resend = false,
                         Err(e) => return Err(h1_failed(e)),
                     }
                 }
@@ -388,18 +376,19 @@ async fn exchange(
             };
             drop(pending);
             let (io, addr, slot) = Box::pin(open(upstream, endpoint)).await?;
-            lease.conn = Some(Idle {
+            let mut c = Idle {
                 conn: h1::Conn::new(io),
                 addr,
                 since: Instant::now(),
                 _permit: permit,
                 _slot: slot,
-            });
+            };
             let body = body.take().unwrap_or_else(RequestBody::empty);
             let until = *due.get_or_insert_with(|| Instant::now() + limit);
-            let response = send_h1(&mut lease, &head, body, until)
+            let response = send_h1(&mut c.conn, &head, body, until)
                 .await
                 .map_err(h1_failed)?;
+            lease.conn = Some(c);
             Ok(Sent {
                 response,
                 lease,
@@ -503,17 +492,13 @@ async fn open(
     Ok((transport, addr, slot))
 }
 
-/// Sends a request over the connection in `lease`; the response head
-/// must arrive by `until`.
+/// Sends a request over `conn`; the response head must arrive by `until`.
 async fn send_h1(
-    lease: &mut Lease,
+    conn: &mut h1::Conn,
     head: &http::request::Parts,
     body: RequestBody,
     until: Instant,
 ) -> Result<Response<UpstreamBody>, h1::Error> {
-    let conn = lease
-        .conn()
-        .ok_or(h1::Error::Invalid("no connection in the lease"))?;
     match tokio::time::timeout_at(until, conn.send(head, body)).await {
         Err(_) => Err(h1::Error::TimedOut),
         Ok(Err(e)) => Err(e),

@@ -3,6 +3,7 @@
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod grpc;
+pub mod h1;
 pub mod raw;
 pub mod redis;
 pub mod upstream;
@@ -208,6 +209,7 @@ pub struct Reply {
     pub status: http::StatusCode,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl Reply {
@@ -259,11 +261,13 @@ async fn bounded(exchange: impl std::future::Future<Output = Reply>) -> Reply {
 
 async fn read(resp: Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
     Reply {
         status: parts.status,
         headers: parts.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     }
 }
 

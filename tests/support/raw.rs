@@ -71,7 +71,7 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Reads more bytes into `buf`; false at EOF or on error.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 8192];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => false,
@@ -80,6 +80,22 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
             true
         }
     }
+}
+
+/// Takes one message head, through its empty line, off `buf`, reading more
+/// from `stream` as needed; `None` at EOF.
+pub async fn take_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !read_more(stream, buf).await {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    Some(head)
 }
 
 fn parse_headers(head: &str) -> Vec<(String, String)> {
