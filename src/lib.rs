@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod filters;
 pub mod gateway;
+pub mod http1;
 pub mod observe;
 pub mod pipeline;
 pub mod proxy;

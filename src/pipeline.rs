@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ErrorStyle, ProxyError};
@@ -24,11 +24,11 @@ use crate::gateway::{Action, Gateway, Route};
 use crate::observe::metrics::{MethodClass, Recording};
 use crate::observe::trace::SpanContext;
 use crate::observe::{Exchange, request_id};
-use crate::proxy::body::ResponseBody;
+use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::forward;
 use crate::routing::normalize::normalize_uri;
 use crate::routing::{Params, RouteRequest};
-use crate::server::h1_guard::{Flaw, Verdicts};
+use crate::server::h1_guard::Flaw;
 
 /// What a connection knows about itself.
 #[derive(Debug)]
@@ -43,8 +43,6 @@ pub struct ConnInfo {
     pub worker: usize,
     /// `http` or `https`.
     pub scheme: &'static str,
-    /// What the HTTP/1.x guard found in this connection's request heads.
-    pub verdicts: Arc<Verdicts>,
     /// The server's count of open connections (tunnels join it).
     pub active: Arc<AtomicUsize>,
     /// TLS details (SNI name, client certificate, HSTS); `None` on plain listeners.
@@ -85,10 +83,12 @@ pub struct RequestCtx {
 }
 
 /// Serves one request. Never fails: errors become problem responses here.
+/// `flaw` is what the HTTP/1.x guard found wrong with its head.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: Arc<ConnInfo>,
     gw: Arc<Gateway>,
+    flaw: Option<Flaw>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let method = MethodClass::of(req.method());
@@ -123,11 +123,6 @@ pub async fn handle(
 
     let error_style = ErrorStyle::of(req.headers());
     let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
-    let flaw = if http1 {
-        ctx.conn.verdicts.next_request()
-    } else {
-        None
-    };
     // The guard stops following the framing after a head that asks to switch
     // protocols; if the switch does not happen, the connection must not carry
     // another request.
@@ -180,7 +175,7 @@ pub async fn handle(
 
 async fn route_and_run(
     gw: &Gateway,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(gw, &req)?;
@@ -272,7 +267,7 @@ async fn route_and_run(
 }
 
 /// Refuses requests that must not reach an upstream.
-fn check_request(gw: &Gateway, req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_request(gw: &Gateway, req: &Request<ClientBody>) -> Result<(), ProxyError> {
     let limits = &gw.config.limits;
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len as u64 > limits.max_uri_length.0 {
@@ -313,7 +308,7 @@ fn flawed(flaw: Flaw) -> ProxyError {
 
 fn find_route<'g>(
     gw: &'g Gateway,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     ctx: &mut RequestCtx,
 ) -> Result<&'g Route, ProxyError> {
     let router = gw

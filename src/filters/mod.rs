@@ -5,11 +5,10 @@
 pub mod rewrite;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::pipeline::RequestCtx;
-use crate::proxy::body::ResponseBody;
+use crate::proxy::body::{ClientBody, ResponseBody};
 
 /// The phases of the request path, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,7 +64,7 @@ impl Filter {
     /// Runs the filter on a request. An error is the answer (401, 403, 429...).
     pub async fn on_request(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ClientBody>,
         ctx: &mut RequestCtx,
     ) -> Result<Flow, ProxyError> {
         match self {

@@ -1,9 +1,9 @@
 //! Rewrites the path (strip a prefix, or a template over the matched params)
 //! and the Host sent upstream.
 
+use crate::proxy::body::ClientBody;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request};
-use hyper::body::Incoming;
 
 use super::Flow;
 use crate::config::RewriteConfig;
@@ -59,7 +59,7 @@ impl Rewrite {
     }
 
     /// Applies the rewrite to the request.
-    pub fn apply(&self, req: &mut Request<Incoming>, ctx: &mut RequestCtx) -> Flow {
+    pub fn apply(&self, req: &mut Request<ClientBody>, ctx: &mut RequestCtx) -> Flow {
         if let Some(h) = &self.host {
             ctx.upstream_host = Some(h.clone());
         }

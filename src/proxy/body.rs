@@ -23,6 +23,45 @@ use crate::upstream::pool::{Lease, UpstreamBody};
 /// The error type of bodies on the request path.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client's request body: hyper's, or none at all (a request the
+/// HTTP/1.1 fast path served, see [`crate::server::h1`]).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// No body.
+    Empty,
+    /// A body hyper's server reads.
+    Hyper(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A body stalled longer than its idle timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("body idle for longer than {0:?}")]
@@ -143,7 +182,7 @@ pub struct RequestBody {
 
 enum Source {
     None,
-    Direct(Incoming),
+    Direct(ClientBody),
     /// One attempt's view of a body kept for retries.
     Replay {
         tee: Arc<Mutex<Tee>>,
@@ -158,7 +197,12 @@ enum Source {
 impl RequestBody {
     /// Wraps a client body; `counter` receives the bytes read; more than
     /// `max` bytes (0: no limit) fails it with [`BodyTooLarge`].
-    pub fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>, idle: Duration, max: u64) -> Self {
+    pub fn new(
+        inner: ClientBody,
+        counter: Option<Arc<AtomicU64>>,
+        idle: Duration,
+        max: u64,
+    ) -> Self {
         if inner.is_end_stream() {
             return Self::empty();
         }
@@ -202,7 +246,7 @@ pub struct Replayable {
 
 struct Tee {
     /// The client's body; `None` once it ended.
-    source: Option<Incoming>,
+    source: Option<ClientBody>,
     recorded: Vec<Recorded>,
     recorded_len: usize,
     cap: usize,
@@ -234,7 +278,7 @@ impl Replayable {
     /// Keeps up to `cap` bytes of `inner` for replay; `counter` receives the
     /// bytes read from the client (once, however often they are sent); more
     /// than `max` bytes (0: no limit) fails it with [`BodyTooLarge`].
-    pub fn new(inner: Incoming, cap: usize, counter: Option<Arc<AtomicU64>>, max: u64) -> Self {
+    pub fn new(inner: ClientBody, cap: usize, counter: Option<Arc<AtomicU64>>, max: u64) -> Self {
         let hint = inner.size_hint();
         let source = (!inner.is_end_stream()).then_some(inner);
         let fault = if source.is_some() {

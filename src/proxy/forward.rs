@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::{Replayable, RequestBody, ResponseBody};
+use super::body::{ClientBody, Replayable, RequestBody, ResponseBody};
 use super::headers::{list_elements, remove_hop_by_hop, set_forwarded};
 use super::retry::{self, RetryPolicy};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
@@ -26,7 +26,7 @@ pub async fn forward(
     gw: &Gateway,
     upstream: &Arc<Upstream>,
     retry: Option<&RetryPolicy>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let key = hash_key(upstream.hash_key(), &req, ctx);

@@ -14,11 +14,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::Shared;
+use super::h1;
 use super::h1_guard::Guarded;
 use super::limits;
 use super::send_timeout::SendTimeout;
 use crate::observe::metrics::OpenConnection;
 use crate::pipeline::{self, ConnInfo};
+use crate::proxy::body::ClientBody;
 
 /// Where a connection arrived.
 pub struct Place {
@@ -109,19 +111,30 @@ async fn serve_http<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &gw.config.limits;
-    let (stream, verdicts) = Guarded::new(stream, limits.max_header_bytes.0);
     let info = Arc::new(ConnInfo {
         peer: place.peer,
         peer_ip: crate::proxy::headers::ip_value(place.peer.ip()),
         listener: place.listener,
         worker: place.worker,
         scheme: parts.scheme,
-        verdicts,
         active: shared.active.clone(),
         tls: parts.tls,
         redirect_https: parts.redirect_https,
         slots: place.slots,
     });
+    let fast = h1::Limits {
+        max_head: usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX),
+        header_read_timeout: limits.header_read_timeout.0,
+        idle_timeout: limits.idle_timeout.0,
+    };
+    let (stream, read) = match h1::serve(stream, &info, &shared, &mut drain, fast).await {
+        h1::Handoff::Closed => return,
+        h1::Handoff::Hyper(stream, read) => (stream, read),
+    };
+    // The configuration may have been reloaded while the fast path served.
+    let gw = shared.current.load_full();
+    let limits = &gw.config.limits;
+    let (stream, verdicts) = Guarded::new(stream, read, limits.max_header_bytes.0);
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
@@ -155,8 +168,11 @@ async fn serve_http<S>(
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = svc_shared.current.load_full();
         // HTTP/2 streams run in tasks of their own.
-        let guard = in_flight.enter(req.version() == http::Version::HTTP_2);
-        let handled = pipeline::handle(req, info.clone(), gw);
+        let h2 = req.version() == http::Version::HTTP_2;
+        let guard = in_flight.enter(h2);
+        // hyper serves HTTP/1.x requests in order: the n-th verdict is this one's.
+        let flaw = if h2 { None } else { verdicts.next_request() };
+        let handled = pipeline::handle(req.map(ClientBody::Hyper), info.clone(), gw, flaw);
         async move {
             let resp = handled.await?;
             Ok::<_, std::convert::Infallible>(resp.map(|b| limits::Tracked::new(b, guard)))

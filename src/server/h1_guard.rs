@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the guard found wrong with a request head.
@@ -528,17 +529,21 @@ fn skip(bytes: &mut &[u8], n: u64) -> u64 {
 /// A client stream whose reads are scanned by the guard.
 pub struct Guarded<S> {
     inner: S,
+    /// Bytes read from `inner` before the guard took over, read first.
+    prefix: Bytes,
     scanner: Scanner,
     verdicts: Arc<Verdicts>,
 }
 
 impl<S> Guarded<S> {
-    /// Wraps `inner`; heads larger than `max_head` bytes are flagged.
-    pub fn new(inner: S, max_head: u64) -> (Self, Arc<Verdicts>) {
+    /// Wraps `inner`, whose next bytes are `prefix` (read already, at the
+    /// start of a request head); heads larger than `max_head` bytes are flagged.
+    pub fn new(inner: S, prefix: Bytes, max_head: u64) -> (Self, Arc<Verdicts>) {
         let verdicts = Arc::new(Verdicts::new());
         (
             Self {
                 inner,
+                prefix,
                 scanner: Scanner::new(max_head),
                 verdicts: verdicts.clone(),
             },
@@ -555,7 +560,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let res = if this.prefix.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if res.is_ready() && this.scanner.st != St::Pass {
             this.scanner.scan(&buf.filled()[before..], &this.verdicts);
         }

@@ -5,6 +5,7 @@
 //! DNS refresh, pool sweeps and signals run on the main thread's runtime.
 
 pub mod conn;
+pub mod h1;
 pub mod h1_guard;
 pub mod limits;
 pub mod listener;

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::http1;
 use crate::proxy::body::{BoxError, RequestBody};
 use crate::proxy::headers::list_elements;
 
@@ -171,7 +172,7 @@ impl Conn {
         head: &http::request::Parts,
         body: RequestBody,
     ) -> Result<(http::response::Parts, Decoder), Error> {
-        let mut writer = Some(Writer::new(head, body));
+        let mut writer = Some(request_writer(head, body));
         let mut interim = 0;
         let mut received = false;
         let (parts, state) = std::future::poll_fn(|cx| {
@@ -250,13 +251,13 @@ impl Conn {
         let result = match w.borrow_mut().poll(&mut self.io, cx) {
             Poll::Pending => return Ok(()),
             Poll::Ready(Ok(())) => Ok(()),
-            Poll::Ready(Err(Error::Closed(_))) => {
+            Poll::Ready(Err(http1::WriteError::Io(_))) => {
                 self.reusable = false;
                 Ok(())
             }
-            Poll::Ready(Err(e)) => {
+            Poll::Ready(Err(http1::WriteError::Body(e))) => {
                 self.reusable = false;
-                Err(e)
+                Err(Error::Body(e))
             }
         };
         *writer = None;
@@ -297,29 +298,10 @@ impl Conn {
         };
         // Where each field lies in the head, so that values can share its
         // bytes instead of being copied.
-        let base = self.buf.as_ptr() as usize;
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let count = resp.headers.len();
-        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = f.name.as_ptr() as usize - base;
-            let value = f.value.as_ptr() as usize - base;
-            // Offsets within a head of at most `MAX_HEAD` bytes.
-            *span = (
-                name as u32,
-                f.name.len() as u32,
-                value as u32,
-                f.value.len() as u32,
-            );
-        }
+        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        let count = http1::spans(&self.buf, resp.headers, &mut spans);
         let bytes = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(n, nl, v, vl) in &spans[..count] {
-            let name = HeaderName::from_bytes(&bytes[n as usize..(n + nl) as usize])
-                .map_err(|_| Error::Invalid("malformed header field name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(v as usize..(v + vl) as usize))
-                .map_err(|_| Error::Invalid("malformed header field value"))?;
-            headers.append(name, value);
-        }
+        let mut headers = http1::header_map(&bytes, &spans[..count]).map_err(Error::Invalid)?;
 
         let state = self.framing(method, status, version, &mut headers)?;
         let (mut parts, ()) = http::Response::new(()).into_parts();
@@ -762,206 +744,36 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     })
 }
 
-/// The request on its way out: the head, then the body, chunked when its
-/// length is not known.
-struct Writer {
-    /// What is being written: `out[next..len]`.
-    out: [Bytes; 4],
-    next: usize,
-    len: usize,
-    body: Option<RequestBody>,
-    chunked: bool,
-    /// Whether the body's first frame was looked for before the head went.
-    started: bool,
-}
+/// The request on its way out.
+type Writer = http1::Writer<RequestBody>;
 
-impl Writer {
-    fn new(head: &http::request::Parts, body: RequestBody) -> Self {
-        let length = if body.is_end_stream() {
-            // A method that defines a body says it has none (RFC 9110 §8.6).
-            (matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
-                || head.headers.contains_key(header::CONTENT_LENGTH))
-            .then_some(0)
-        } else {
-            body.size_hint().exact()
-        };
-        let chunked = length.is_none() && !body.is_end_stream();
-        Writer {
-            out: [
-                encode_head(head, length, chunked),
-                Bytes::new(),
-                Bytes::new(),
-                Bytes::new(),
-            ],
-            next: 0,
-            len: 1,
-            body: (!body.is_end_stream()).then_some(body),
-            chunked,
-            started: false,
-        }
-    }
-
-    /// Writes what can be written; ready once the whole request is out.
-    fn poll(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if !self.started {
-            self.started = true;
-            // The head waits for a first frame that is already at hand: one
-            // write for both, and nothing at all sent for a body that fails
-            // at once (a malformed first chunk).
-            if let Some(body) = &mut self.body
-                && let Poll::Ready(frame) = Pin::new(body).poll_frame(cx)
-            {
-                self.take(frame)?;
-            }
-        }
-        loop {
-            ready!(self.poll_out(io, cx)).map_err(Error::Closed)?;
-            // Out before waiting for more: TLS may still hold records that
-            // the socket did not take.
-            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Closed)?;
-            let Some(body) = &mut self.body else {
-                return Poll::Ready(Ok(()));
-            };
-            let frame = ready!(Pin::new(body).poll_frame(cx));
-            self.take(frame)?;
-        }
-    }
-
-    /// Queues a frame of the body (or its end) in the request's coding.
-    fn take(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), Error> {
-        let frame = match frame {
-            None => {
-                self.body = None;
-                if self.chunked {
-                    self.push(Bytes::from_static(b"0\r\n\r\n"));
-                }
-                return Ok(());
-            }
-            Some(Err(e)) => {
-                self.body = None;
-                return Err(Error::Body(e));
-            }
-            Some(Ok(frame)) => frame,
-        };
-        match frame.into_data() {
-            Ok(d) if d.is_empty() => {}
-            Ok(d) if self.chunked => {
-                self.push(Bytes::from(format!("{:x}\r\n", d.len())));
-                self.push(d);
-                self.push(Bytes::from_static(b"\r\n"));
-            }
-            Ok(d) => self.push(d),
-            Err(frame) => {
-                // Trailers end the body; only chunked coding can carry them.
-                self.body = None;
-                if self.chunked {
-                    let mut last = b"0\r\n".to_vec();
-                    for (name, value) in frame.trailers_ref().into_iter().flatten() {
-                        last.extend_from_slice(name.as_str().as_bytes());
-                        last.extend_from_slice(b": ");
-                        last.extend_from_slice(value.as_bytes());
-                        last.extend_from_slice(b"\r\n");
-                    }
-                    last.extend_from_slice(b"\r\n");
-                    self.push(Bytes::from(last));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds to what is to be written; called only once `out` is written
-    /// out, or right after the head (at most four pieces in all).
-    fn push(&mut self, b: Bytes) {
-        if self.next == self.len {
-            (self.next, self.len) = (0, 0);
-        }
-        if let Some(slot) = self.out.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    fn poll_out(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            while self.next < self.len && self.out[self.next].is_empty() {
-                self.next += 1;
-            }
-            if self.next == self.len {
-                return Poll::Ready(Ok(()));
-            }
-            let piece =
-                |i: usize| IoSlice::new(self.out[..self.len].get(i).map_or(&[], |b| &b[..]));
-            let slices = [
-                piece(self.next),
-                piece(self.next + 1),
-                piece(self.next + 2),
-                piece(self.next + 3),
-            ];
-            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            for part in &mut self.out[self.next..self.len] {
-                let take = n.min(part.len());
-                part.advance(take);
-                n -= take;
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-    }
+/// A writer for `head` and `body`, with the framing this client chooses.
+fn request_writer(head: &http::request::Parts, body: RequestBody) -> Writer {
+    let length = if body.is_end_stream() {
+        // A method that defines a body says it has none (RFC 9110 §8.6).
+        (matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
+            || head.headers.contains_key(header::CONTENT_LENGTH))
+        .then_some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let chunked = length.is_none() && !body.is_end_stream();
+    let body = (!body.is_end_stream()).then_some(body);
+    Writer::new(encode_head(head, length, chunked), body, chunked, true)
 }
 
 /// The request line and header fields, with the framing this client
 /// chose: `length`, or chunked.
 fn encode_head(head: &http::request::Parts, length: Option<u64>, chunked: bool) -> Bytes {
     let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let size = head
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + target.len()
-        + 64;
-    let mut out = Vec::with_capacity(size);
+    let mut out = Vec::with_capacity(http1::encoded_size(&head.headers, target.len() + 64));
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.headers {
-        // Framing is this client's to state.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(n) = length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa(n, &mut [0; 20]));
-        out.extend_from_slice(b"\r\n");
-    } else if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
+    http1::encode_fields(&mut out, &head.headers, length, chunked);
     out.extend_from_slice(b"\r\n");
     Bytes::from(out)
-}
-
-/// `n` in decimal, written into `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1024,12 +836,5 @@ mod tests {
         assert!(with("gzip, Chunked"));
         assert!(!with("chunked, gzip"));
         assert!(!with("gzip"));
-    }
-
-    #[test]
-    fn decimal() {
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
-        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
     }
 }

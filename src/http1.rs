@@ -1,0 +1,266 @@
+//! HTTP/1.1 wire pieces shared by the server's fast path and the upstream
+//! client (RFC 9112): a parsed header block turned into a `HeaderMap` whose
+//! values share the read buffer, header fields encoded, and a message body
+//! written with its framing.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http_body::{Body, Frame};
+use tokio::io::AsyncWrite;
+
+use crate::proxy::body::BoxError;
+
+/// Where a field's name and value lie in a head: offsets and lengths.
+pub type Span = (u32, u32, u32, u32);
+
+/// The spans of `fields`, parsed out of `base` (a head of at most 4 GiB).
+pub fn spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) -> usize {
+    let start = base.as_ptr() as usize;
+    for (span, f) in out.iter_mut().zip(fields) {
+        *span = (
+            (f.name.as_ptr() as usize - start) as u32,
+            f.name.len() as u32,
+            (f.value.as_ptr() as usize - start) as u32,
+            f.value.len() as u32,
+        );
+    }
+    fields.len().min(out.len())
+}
+
+/// The fields at `spans` of `head`, as a map whose values share its bytes.
+pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(n, nl, v, vl) in spans {
+        let name = head
+            .get(n as usize..(n + nl) as usize)
+            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .ok_or("malformed header field name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
+            .map_err(|_| "malformed header field value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Appends `headers` as header fields, except the framing ones, then the
+/// framing the sender chose: `content-length: length`, or chunked.
+pub fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap, length: Option<u64>, chunked: bool) {
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0; 20]));
+        out.extend_from_slice(b"\r\n");
+    } else if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+}
+
+/// The room `headers` take encoded, plus `extra`.
+pub fn encoded_size(headers: &HeaderMap, extra: usize) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + extra
+}
+
+/// `n` in decimal, written into `buf`.
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Why writing a message failed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The peer's side: the write failed.
+    Io(io::Error),
+    /// The body being sent failed.
+    Body(BoxError),
+}
+
+/// A message on its way out: the encoded head, then the body, chunked when
+/// its length was not known.
+pub struct Writer<B> {
+    /// What is being written: `out[next..len]`.
+    out: [Bytes; 4],
+    next: usize,
+    len: usize,
+    body: Option<B>,
+    chunked: bool,
+    /// Whether trailers are sent (chunked only); otherwise they end the body.
+    trailers: bool,
+    /// Whether the body's first frame was looked for before the head went.
+    started: bool,
+}
+
+impl<B> Writer<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// Writes `head`, then `body` (if any) in the framing the head states.
+    pub fn new(head: Bytes, body: Option<B>, chunked: bool, trailers: bool) -> Self {
+        Writer {
+            out: [head, Bytes::new(), Bytes::new(), Bytes::new()],
+            next: 0,
+            len: 1,
+            body,
+            chunked,
+            trailers,
+            started: false,
+        }
+    }
+
+    /// Writes what can be written; ready once the whole message is out.
+    pub fn poll<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        if !self.started {
+            self.started = true;
+            // The head waits for a first frame that is already at hand: one
+            // write for both, and nothing at all sent for a body that fails
+            // at once (a malformed first chunk).
+            if let Some(body) = &mut self.body
+                && let Poll::Ready(frame) = Pin::new(body).poll_frame(cx)
+            {
+                self.take(frame)?;
+            }
+        }
+        loop {
+            ready!(self.poll_out(io, cx)).map_err(WriteError::Io)?;
+            // Out before waiting for more: TLS may still hold records that
+            // the socket did not take.
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
+            let Some(body) = &mut self.body else {
+                return Poll::Ready(Ok(()));
+            };
+            let frame = ready!(Pin::new(body).poll_frame(cx));
+            self.take(frame)?;
+        }
+    }
+
+    /// Queues a frame of the body (or its end) in the message's coding.
+    fn take(&mut self, frame: Option<Result<Frame<Bytes>, B::Error>>) -> Result<(), WriteError> {
+        let frame = match frame {
+            None => {
+                self.body = None;
+                if self.chunked {
+                    self.push(Bytes::from_static(b"0\r\n\r\n"));
+                }
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                self.body = None;
+                return Err(WriteError::Body(e.into()));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) if self.chunked => {
+                self.push(Bytes::from(format!("{:x}\r\n", d.len())));
+                self.push(d);
+                self.push(Bytes::from_static(b"\r\n"));
+            }
+            Ok(d) => self.push(d),
+            Err(frame) => {
+                // Trailers end the body; only chunked coding can carry them.
+                self.body = None;
+                if self.chunked {
+                    let mut last = b"0\r\n".to_vec();
+                    let fields = frame.trailers_ref().filter(|_| self.trailers);
+                    for (name, value) in fields.into_iter().flatten() {
+                        last.extend_from_slice(name.as_str().as_bytes());
+                        last.extend_from_slice(b": ");
+                        last.extend_from_slice(value.as_bytes());
+                        last.extend_from_slice(b"\r\n");
+                    }
+                    last.extend_from_slice(b"\r\n");
+                    self.push(Bytes::from(last));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to what is to be written; called only once `out` is written
+    /// out, or right after the head (at most four pieces in all).
+    fn push(&mut self, b: Bytes) {
+        if self.next == self.len {
+            (self.next, self.len) = (0, 0);
+        }
+        if let Some(slot) = self.out.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn poll_out<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            while self.next < self.len && self.out[self.next].is_empty() {
+                self.next += 1;
+            }
+            if self.next == self.len {
+                return Poll::Ready(Ok(()));
+            }
+            let piece =
+                |i: usize| IoSlice::new(self.out[..self.len].get(i).map_or(&[], |b| &b[..]));
+            let slices = [
+                piece(self.next),
+                piece(self.next + 1),
+                piece(self.next + 2),
+                piece(self.next + 3),
+            ];
+            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            for part in &mut self.out[self.next..self.len] {
+                let take = n.min(part.len());
+                part.advance(take);
+                n -= take;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+}

@@ -1,0 +1,501 @@
+//! The HTTP/1.1 fast path. Most requests on a keep-alive connection are
+//! plain: HTTP/1.1, no body, no upgrade, no `Expect`. This loop serves those
+//! itself: the head is parsed in place with `httparse` (values share the read
+//! buffer), the pipeline runs in the connection's task, and the response
+//! head goes out in one write with the first piece of its body.
+//!
+//! Anything else (a body, either framing field, an upgrade, `Expect`, `TE`,
+//! HTTP/1.0, CONNECT, a head that does not parse or is over the limits, the
+//! HTTP/2 preface) hands the connection, with every byte read so far, to
+//! hyper's server behind the [`super::h1_guard`], which serves it from that
+//! request on. So bodies, 100-continue, upgrades, h2c and every refusal of a
+//! malformed or ambiguous head stay where they were built and tested; the
+//! fast path only ever takes a head that hyper would have taken as it is.
+
+use std::future::poll_fn;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::Shared;
+use crate::http1::{self, Writer};
+use crate::pipeline::{self, ConnInfo};
+use crate::proxy::body::{ClientBody, ResponseBody};
+use crate::proxy::headers::list_elements;
+
+/// Most header fields in a head the fast path takes (more: hyper's).
+const MAX_FIELDS: usize = 64;
+/// Read size for request heads.
+const READ_SIZE: usize = 8 * 1024;
+
+/// How the fast path left a connection.
+pub enum Handoff<S> {
+    /// It is closed (or the client left).
+    Closed,
+    /// Hyper's server takes it from here; the bytes are what was read of it
+    /// and not served, from the start of a request head.
+    Hyper(S, Bytes),
+}
+
+/// The connection limits the loop applies.
+pub struct Limits {
+    /// Largest request head.
+    pub max_head: usize,
+    /// Time a started head has to arrive whole.
+    pub header_read_timeout: Duration,
+    /// Time a connection may wait idle for its next request (zero: forever).
+    pub idle_timeout: Duration,
+}
+
+/// Serves plain HTTP/1.1 requests on `io` until the connection closes or a
+/// request needs hyper's server.
+pub async fn serve<S>(
+    mut io: S,
+    info: &Arc<ConnInfo>,
+    shared: &Shared,
+    drain: &mut watch::Receiver<bool>,
+    limits: Limits,
+) -> Handoff<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let signal = drain.clone();
+    let mut drained = pin!(super::drained(drain));
+    let mut clock = Clock::default();
+    loop {
+        // 1. A whole head: the idle timeout runs while nothing came, the
+        // header timeout from the first byte.
+        let mut head_started = None;
+        let parsed = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf, limits.max_head) {
+                    Parse::Partial => {}
+                    Parse::Other => return Handoff::Hyper(io, buf.freeze()),
+                    Parse::Plain(req, close) => break (req, close),
+                }
+            }
+            let deadline = if buf.is_empty() {
+                (!limits.idle_timeout.is_zero()).then(|| Instant::now() + limits.idle_timeout)
+            } else {
+                let started = *head_started.get_or_insert_with(Instant::now);
+                Some(started + limits.header_read_timeout)
+            };
+            let idle = buf.is_empty();
+            let mut registered = false;
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(r) = poll_fill(&mut io, &mut buf, cx) {
+                    return Poll::Ready(matches!(r, Ok(n) if n > 0));
+                }
+                if let Some(at) = deadline
+                    && clock.poll_passed(at, cx)
+                {
+                    return Poll::Ready(false);
+                }
+                if idle
+                    && (!registered || signal.has_changed().unwrap_or(true))
+                    && drained.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(false);
+                }
+                registered = true;
+                Poll::Pending
+            })
+            .await;
+            if !read {
+                return Handoff::Closed;
+            }
+        };
+        let (req, mut close) = parsed;
+        let head_method = req.method() == Method::HEAD;
+
+        // 2. The pipeline, while the client is watched: one that leaves
+        // cancels its request (and the upstream exchange with it).
+        let gw = shared.current.load_full();
+        let mut handled = pin!(pipeline::handle(req, info.clone(), gw, None));
+        let resp = poll_fn(|cx| {
+            if let Poll::Ready(Ok(resp)) = handled.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            if !watch_client(&mut io, &mut buf, limits.max_head, cx) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(resp) = resp else {
+            return Handoff::Closed;
+        };
+
+        // 3. The response.
+        close |= *signal.borrow();
+        let (parts, body) = resp.into_parts();
+        let (head, framing) = encode_response(&parts, &body, head_method, &mut close);
+        let body = match framing {
+            Framing::None => {
+                drop(body);
+                None
+            }
+            Framing::Length | Framing::Chunked => Some(body),
+        };
+        let mut writer = Writer::new(head, body, matches!(framing, Framing::Chunked), false);
+        let written = poll_fn(|cx| {
+            if let Poll::Ready(r) = writer.poll(&mut io, cx) {
+                return Poll::Ready(r.is_ok());
+            }
+            if !watch_client(&mut io, &mut buf, limits.max_head, cx) {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await;
+        drop(writer);
+        if !written {
+            return Handoff::Closed;
+        }
+        if close {
+            let _ = io.shutdown().await;
+            return Handoff::Closed;
+        }
+    }
+}
+
+/// What the buffer holds.
+// Matched as soon as it is returned: boxing the request would cost an
+// allocation per request to save a move.
+#[allow(clippy::large_enum_variant)]
+enum Parse {
+    /// Part of a head that may still be plain.
+    Partial,
+    /// A head the fast path does not take.
+    Other,
+    /// A plain request, taken out of the buffer; whether the client asked
+    /// to close after it.
+    Plain(Request<ClientBody>, bool),
+}
+
+fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parse::Partial,
+        _ => return Parse::Other,
+    };
+    if req.version != Some(1) {
+        return Parse::Other;
+    }
+    let Some(method) = req
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+    else {
+        return Parse::Other;
+    };
+    if method == Method::CONNECT || req.headers.iter().any(|f| not_plain(f.name.as_bytes())) {
+        return Parse::Other;
+    }
+    let start = buf.as_ptr() as usize;
+    let path = req
+        .path
+        .map_or((0, 0), |p| (p.as_ptr() as usize - start, p.len()));
+    let mut spans = [(0, 0, 0, 0); MAX_FIELDS];
+    let count = http1::spans(buf, req.headers, &mut spans);
+    let head = buf.split_to(len).freeze();
+    let parts = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
+        .ok()
+        .zip(http1::header_map(&head, &spans[..count]).ok());
+    let Some((uri, headers)) = parts else {
+        // httparse took what `http` refuses: hyper answers it.
+        let mut all = BytesMut::with_capacity(head.len() + buf.len());
+        all.extend_from_slice(&head);
+        all.extend_from_slice(buf);
+        *buf = all;
+        return Parse::Other;
+    };
+    let close =
+        list_elements(&headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"));
+    let mut req = Request::new(ClientBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Parse::Plain(req, close)
+}
+
+/// A field that makes a request not plain: framing (and its look-alikes,
+/// which the guard refuses), upgrades, `Expect` and `TE`.
+fn not_plain(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 7] = [
+        b"content-length",
+        b"transfer-encoding",
+        b"content_length",
+        b"transfer_encoding",
+        b"upgrade",
+        b"expect",
+        b"te",
+    ];
+    NAMES
+        .iter()
+        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+}
+
+/// Reads more of what the client sends; `Ok(0)` at the end of its stream.
+fn poll_fill<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Reads what the client sends while its request is served (a pipelined
+/// next request, up to a head's limit); false once the client has closed
+/// its side or its connection failed.
+fn watch_client<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    cap: usize,
+    cx: &mut Context<'_>,
+) -> bool {
+    while buf.len() <= cap {
+        match poll_fill(io, buf, cx) {
+            Poll::Pending => return true,
+            Poll::Ready(Ok(0) | Err(_)) => return false,
+            Poll::Ready(Ok(_)) => {}
+        }
+    }
+    true
+}
+
+/// How a response body goes out.
+enum Framing {
+    /// No body: HEAD, 1xx, 204, 304.
+    None,
+    /// `Content-Length`.
+    Length,
+    Chunked,
+}
+
+/// The status line and header fields, with the framing this server chose
+/// (RFC 9112 §6): the body's length when it is known, chunked when not.
+fn encode_response(
+    parts: &http::response::Parts,
+    body: &ResponseBody,
+    head_method: bool,
+    close: &mut bool,
+) -> (Bytes, Framing) {
+    let status = parts.status;
+    let headers = &parts.headers;
+    *close |= list_elements(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"));
+    let mut out = Vec::with_capacity(http1::encoded_size(headers, 128));
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let (length, framing) = if head_method || status == StatusCode::NOT_MODIFIED {
+        // The length of the representation the GET would have sent.
+        (stated_length(headers), Framing::None)
+    } else if status.is_informational() || status == StatusCode::NO_CONTENT {
+        (None, Framing::None)
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => (Some(n), Framing::Length),
+            None => (None, Framing::Chunked),
+        }
+    };
+    http1::encode_fields(
+        &mut out,
+        headers,
+        length,
+        matches!(framing, Framing::Chunked),
+    );
+    if *close && !headers.contains_key(header::CONNECTION) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        date::with(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (Bytes::from(out), framing)
+}
+
+/// A single, valid `Content-Length`.
+fn stated_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.parse().ok()
+}
+
+/// One timer for a connection's waits: armed at the first deadline and
+/// moved on only when it fires early, so that a request costs a clock read,
+/// not a timer registration.
+#[derive(Default)]
+struct Clock {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Clock {
+    /// Whether `at` has passed; otherwise the task wakes when it does (or
+    /// before, harmlessly).
+    fn poll_passed(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        loop {
+            if sleep.deadline() > at {
+                sleep.as_mut().reset(at);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= at {
+                return true;
+            }
+            sleep.as_mut().reset(at);
+        }
+    }
+}
+
+/// The `Date` field value (RFC 9110 §6.6.1), formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+
+    use super::SystemTime;
+
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    /// Calls `f` with the current date.
+    pub fn with(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        CACHED.with_borrow_mut(|(at, text)| {
+            if *at != secs {
+                let formatted = httpdate::fmt_http_date(now);
+                if formatted.len() == text.len() {
+                    text.copy_from_slice(formatted.as_bytes());
+                    *at = secs;
+                }
+            }
+            f(&text[..]);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> Option<(Request<ClientBody>, bool, usize)> {
+        let mut buf = BytesMut::from(head);
+        match parse(&mut buf, 8192) {
+            Parse::Plain(req, close) => Some((req, close, buf.len())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plain_heads_are_taken_and_leave_the_rest() {
+        let (req, close, rest) =
+            parsed("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nGET /next").unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["host"], "x");
+        assert_eq!(req.headers()["x-a"], "1");
+        assert!(!close);
+        assert_eq!(rest, "GET /next".len());
+        let (_, close, _) = parsed("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").unwrap();
+        assert!(close);
+    }
+
+    #[test]
+    fn anything_else_goes_to_hyper_untouched() {
+        for head in [
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent_Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/1.1\r\n Folded: x\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(head);
+            assert!(
+                matches!(parse(&mut buf, 8192), Parse::Other),
+                "{head:?} was taken"
+            );
+            assert_eq!(&buf[..], head.as_bytes(), "{head:?} was consumed");
+        }
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(200));
+        assert!(matches!(
+            parse(&mut BytesMut::from(&big[..]), 100),
+            Parse::Other
+        ));
+        assert!(matches!(
+            parse(&mut BytesMut::from("GET / HTTP/1.1\r\nHost"), 8192),
+            Parse::Partial
+        ));
+        assert!(matches!(
+            parse(&mut BytesMut::from(&big[..50]), 40),
+            Parse::Other
+        ));
+    }
+
+    #[test]
+    fn responses_state_their_framing() {
+        let encode = |status: u16, body: ResponseBody, head: bool| {
+            let mut resp = http::Response::new(());
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("5"));
+            let (parts, ()) = resp.into_parts();
+            let mut close = false;
+            let (bytes, framing) = encode_response(&parts, &body, head, &mut close);
+            (String::from_utf8(bytes.to_vec()).unwrap(), framing)
+        };
+        let (text, framing) = encode(200, ResponseBody::full(Bytes::from_static(b"hi")), false);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("content-length: 2\r\n"), "{text}");
+        assert!(!text.contains("content-length: 5"), "{text}");
+        assert!(
+            text.contains("date: ") && text.ends_with("\r\n\r\n"),
+            "{text}"
+        );
+        assert!(matches!(framing, Framing::Length));
+        let (text, framing) = encode(200, ResponseBody::empty(), true);
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(matches!(framing, Framing::None));
+        let (text, framing) = encode(204, ResponseBody::empty(), false);
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(matches!(framing, Framing::None));
+    }
+}
