@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body::{Body, Frame};
 use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
 
 use crate::proxy::body::BoxError;
 
@@ -31,9 +32,11 @@ pub fn spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) -> 
     fields.len().min(out.len())
 }
 
-/// The fields at `spans` of `head`, as a map whose values share its bytes.
-pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+/// The fields at `spans` of `head`, as a map whose values share its bytes,
+/// with room for `extra` more fields (what the gateway adds, so that adding
+/// them does not grow the map again).
+pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
     for &(n, nl, v, vl) in spans {
         let name = head
             .get(n as usize..(n + nl) as usize)
@@ -85,6 +88,36 @@ pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
         n /= 10;
         if n == 0 {
             return &buf[i..];
+        }
+    }
+}
+
+/// One timer for a connection's successive deadlines: armed at the first
+/// and moved only when it fires before the current one, so that a message
+/// costs a clock read rather than a timer registered and removed.
+#[derive(Default)]
+pub struct Deadline {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    /// Whether `at` has passed; otherwise the task wakes when it does (or
+    /// before, harmlessly).
+    pub fn poll_passed(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        loop {
+            if sleep.deadline() > at {
+                sleep.as_mut().reset(at);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= at {
+                return true;
+            }
+            sleep.as_mut().reset(at);
         }
     }
 }

@@ -23,7 +23,7 @@ use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::Shared;
 use crate::http1::{self, Writer};
@@ -33,6 +33,9 @@ use crate::proxy::headers::list_elements;
 
 /// Most header fields in a head the fast path takes (more: hyper's).
 const MAX_FIELDS: usize = 64;
+/// Fields forwarding adds to a request (X-Forwarded-*, Forwarded, the
+/// request id, trace context, Host): room is made when the map is built.
+const ADDED_UPSTREAM: usize = 7;
 /// Read size for request heads.
 const READ_SIZE: usize = 8 * 1024;
 
@@ -70,7 +73,7 @@ where
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let signal = drain.clone();
     let mut drained = pin!(super::drained(drain));
-    let mut clock = Clock::default();
+    let mut clock = http1::Deadline::default();
     loop {
         // 1. A whole head: the idle timeout runs while nothing came, the
         // header timeout from the first byte.
@@ -211,7 +214,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
     let head = buf.split_to(len).freeze();
     let parts = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .ok()
-        .zip(http1::header_map(&head, &spans[..count]).ok());
+        .zip(http1::header_map(&head, &spans[..count], ADDED_UPSTREAM).ok());
     let Some((uri, headers)) = parts else {
         // httparse took what `http` refuses: hyper answers it.
         let mut all = BytesMut::with_capacity(head.len() + buf.len());
@@ -345,36 +348,6 @@ fn stated_length(headers: &HeaderMap) -> Option<u64> {
         return None;
     }
     first.to_str().ok()?.parse().ok()
-}
-
-/// One timer for a connection's waits: armed at the first deadline and
-/// moved on only when it fires early, so that a request costs a clock read,
-/// not a timer registration.
-#[derive(Default)]
-struct Clock {
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Clock {
-    /// Whether `at` has passed; otherwise the task wakes when it does (or
-    /// before, harmlessly).
-    fn poll_passed(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        loop {
-            if sleep.deadline() > at {
-                sleep.as_mut().reset(at);
-            }
-            if sleep.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if Instant::now() >= at {
-                return true;
-            }
-            sleep.as_mut().reset(at);
-        }
-    }
 }
 
 /// The `Date` field value (RFC 9110 §6.6.1), formatted once a second per thread.

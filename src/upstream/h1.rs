@@ -15,12 +15,16 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, head
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
 use crate::http1;
 use crate::proxy::body::{BoxError, RequestBody};
 use crate::proxy::headers::list_elements;
 
+/// Fields the gateway may add to a response (the request id, HSTS, rate
+/// limit headers): room is made when the map is built.
+const ADDED_DOWNSTREAM: usize = 4;
 /// Largest response head (status line and header fields) accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head or a trailer section.
@@ -129,6 +133,8 @@ pub struct Conn {
     read_size: usize,
     /// False once anything makes the framing of a next message doubtful.
     reusable: bool,
+    /// When a response head is due.
+    due: http1::Deadline,
 }
 
 impl Conn {
@@ -139,6 +145,7 @@ impl Conn {
             buf: BytesMut::new(),
             read_size: READ_MIN,
             reusable: true,
+            due: http1::Deadline::default(),
         }
     }
 
@@ -164,19 +171,24 @@ impl Conn {
         )
     }
 
-    /// Sends a request and waits for its response head. The body is read
-    /// from this connection with the returned [`Decoder`]; the request body
-    /// goes on being written as the response body is read.
+    /// Sends a request and waits for its response head, due by `until`.
+    /// The body is read from this connection with the returned [`Decoder`];
+    /// the request body goes on being written as the response body is read.
     pub async fn send(
         &mut self,
         head: &http::request::Parts,
         body: RequestBody,
+        until: Instant,
     ) -> Result<(http::response::Parts, Decoder), Error> {
         let mut writer = Some(request_writer(head, body));
         let mut interim = 0;
         let mut received = false;
         let (parts, state) = std::future::poll_fn(|cx| {
-            self.poll_head(cx, &head.method, &mut writer, &mut interim, &mut received)
+            let polled = self.poll_head(cx, &head.method, &mut writer, &mut interim, &mut received);
+            if polled.is_pending() && self.due.poll_passed(until, cx) {
+                return Poll::Ready(Err(Error::TimedOut));
+            }
+            polled
         })
         .await?;
         if writer.is_some() && (parts.status.is_client_error() || parts.status.is_server_error()) {
@@ -301,7 +313,8 @@ impl Conn {
         let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
         let count = http1::spans(&self.buf, resp.headers, &mut spans);
         let bytes = self.buf.split_to(len).freeze();
-        let mut headers = http1::header_map(&bytes, &spans[..count]).map_err(Error::Invalid)?;
+        let mut headers =
+            http1::header_map(&bytes, &spans[..count], ADDED_DOWNSTREAM).map_err(Error::Invalid)?;
 
         let state = self.framing(method, status, version, &mut headers)?;
         let (mut parts, ()) = http::Response::new(()).into_parts();

@@ -396,35 +396,51 @@ async fn exchange(
             })
         }
         UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
-            let (mut tx, addr) = {
-                let mut slot = pool.h2.lock().await;
-                match slot.as_ref() {
-                    Some((tx, addr)) if !tx.is_closed() => {
-                        stats.connections_reused.fetch_add(1, Ordering::Relaxed);
-                        (tx.clone(), *addr)
-                    }
-                    _ => {
-                        let (tx, addr) = Box::pin(dial_h2(upstream, endpoint)).await?;
-                        *slot = Some((tx.clone(), addr));
-                        (tx, addr)
-                    }
-                }
-            };
-            let response = timeout(limit, async {
-                tx.ready().await?;
-                tx.send_request(req).await
-            })
-            .await
-            .map_err(|_| ProxyError::new(ErrorKind::UpstreamTimeout))?
-            .map_err(upstream_failed)?
-            .map(UpstreamBody::H2);
-            Ok(Sent {
-                response,
-                lease,
-                addr,
-            })
+            // Boxed: hyper's HTTP/2 client futures would otherwise weigh on
+            // every HTTP/1.1 request's future, copied at each `.await`.
+            Box::pin(exchange_h2(upstream, pool, lease, req, limit)).await
         }
     }
+}
+
+/// An exchange over the endpoint's shared HTTP/2 connection.
+async fn exchange_h2(
+    upstream: &Arc<Upstream>,
+    pool: &EndpointPool,
+    lease: Lease,
+    req: Request<RequestBody>,
+    limit: Duration,
+) -> Result<Sent, ProxyError> {
+    let (mut tx, addr) = {
+        let mut slot = pool.h2.lock().await;
+        match slot.as_ref() {
+            Some((tx, addr)) if !tx.is_closed() => {
+                upstream
+                    .stats
+                    .connections_reused
+                    .fetch_add(1, Ordering::Relaxed);
+                (tx.clone(), *addr)
+            }
+            _ => {
+                let (tx, addr) = Box::pin(dial_h2(upstream, lease.endpoint)).await?;
+                *slot = Some((tx.clone(), addr));
+                (tx, addr)
+            }
+        }
+    };
+    let response = timeout(limit, async {
+        tx.ready().await?;
+        tx.send_request(req).await
+    })
+    .await
+    .map_err(|_| ProxyError::new(ErrorKind::UpstreamTimeout))?
+    .map_err(upstream_failed)?
+    .map(UpstreamBody::H2);
+    Ok(Sent {
+        response,
+        lease,
+        addr,
+    })
 }
 
 /// Waits for a connection to come back to the idle list (`None`: look again)
@@ -499,11 +515,8 @@ async fn send_h1(
     body: RequestBody,
     until: Instant,
 ) -> Result<Response<UpstreamBody>, h1::Error> {
-    match tokio::time::timeout_at(until, conn.send(head, body)).await {
-        Err(_) => Err(h1::Error::TimedOut),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok((parts, decoder))) => Ok(Response::from_parts(parts, UpstreamBody::H1(decoder))),
-    }
+    let (parts, decoder) = conn.send(head, body, until).await?;
+    Ok(Response::from_parts(parts, UpstreamBody::H1(decoder)))
 }
 
 /// Opens a new HTTP/2 connection to `endpoint`: h2c, or h2 over TLS.
