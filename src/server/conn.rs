@@ -44,18 +44,6 @@ pub async fn serve(
     let _active = Active::track(&shared.active);
     let gw = shared.current.load_full();
     let limits = &gw.config.limits;
-    // hyper's header read timeout starts with the first byte, and protocol
-    // detection waits without one: a connection that sends nothing would be
-    // held forever.
-    let mut first = [0u8; 1];
-    tokio::select! {
-        read = tokio::time::timeout(limits.header_read_timeout.0, stream.peek(&mut first)) => {
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
-                return;
-            }
-        }
-        () = super::drained(&mut drain) => return,
-    }
     let stream = SendTimeout::new(stream, limits.send_timeout.0);
     let listener = gw.listeners.iter().find(|l| l.name == place.listener);
     let Some(tls) = listener.and_then(|l| l.tls.clone()) else {

@@ -74,9 +74,11 @@ where
     let signal = drain.clone();
     let mut drained = pin!(super::drained(drain));
     let mut clock = http1::Deadline::default();
+    let mut served = false;
     loop {
-        // 1. A whole head: the idle timeout runs while nothing came, the
-        // header timeout from the first byte.
+        // 1. A whole head: between requests the idle timeout runs while
+        // nothing came, the header timeout from the first byte (or from the
+        // connection's start: a client must send its first head in time).
         let mut head_started = None;
         let parsed = loop {
             if !buf.is_empty() {
@@ -86,8 +88,12 @@ where
                     Parse::Plain(req, close) => break (req, close),
                 }
             }
-            let deadline = if buf.is_empty() {
+            let deadline = if buf.is_empty() && served {
                 (!limits.idle_timeout.is_zero()).then(|| Instant::now() + limits.idle_timeout)
+            } else if buf.is_empty() {
+                // A new connection that sends nothing is held no longer than
+                // a head may take.
+                Some(*head_started.get_or_insert_with(Instant::now) + limits.header_read_timeout)
             } else {
                 let started = *head_started.get_or_insert_with(Instant::now);
                 Some(started + limits.header_read_timeout)
@@ -117,6 +123,7 @@ where
                 return Handoff::Closed;
             }
         };
+        served = true;
         let (req, mut close) = parsed;
         let head_method = req.method() == Method::HEAD;
 
