@@ -54,8 +54,21 @@ pub struct Limits {
     pub max_head: usize,
     /// Time a started head has to arrive whole.
     pub header_read_timeout: Duration,
-    /// Time a connection may wait idle for its next request (zero: forever).
+    /// Time a connection may wait idle for its next request (zero: only the
+    /// header read timeout applies).
     pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// How long a connection waits for its next request: the shorter of
+    /// the idle and header read timeouts, as hyper's server does.
+    fn keep_alive(&self) -> Duration {
+        if self.idle_timeout.is_zero() {
+            self.header_read_timeout
+        } else {
+            self.idle_timeout.min(self.header_read_timeout)
+        }
+    }
 }
 
 /// Serves plain HTTP/1.1 requests on `io` until the connection closes or a
@@ -76,10 +89,9 @@ where
     let mut clock = http1::Deadline::default();
     let mut served = false;
     loop {
-        // 1. A whole head: between requests the idle timeout runs while
-        // nothing came, the header timeout from the first byte (or from the
-        // connection's start: a client must send its first head in time).
-        let mut head_started = None;
+        // 1. A whole head, within the header read timeout; while nothing
+        // came between requests, within the idle timeout too.
+        let mut waiting = None;
         let parsed = loop {
             if !buf.is_empty() {
                 match parse(&mut buf, limits.max_head) {
@@ -88,15 +100,12 @@ where
                     Parse::Plain(req, close) => break (req, close),
                 }
             }
+            // Both timeouts count from when the connection began to wait.
+            let since = *waiting.get_or_insert_with(Instant::now);
             let deadline = if buf.is_empty() && served {
-                (!limits.idle_timeout.is_zero()).then(|| Instant::now() + limits.idle_timeout)
-            } else if buf.is_empty() {
-                // A new connection that sends nothing is held no longer than
-                // a head may take.
-                Some(*head_started.get_or_insert_with(Instant::now) + limits.header_read_timeout)
+                since + limits.keep_alive()
             } else {
-                let started = *head_started.get_or_insert_with(Instant::now);
-                Some(started + limits.header_read_timeout)
+                since + limits.header_read_timeout
             };
             let idle = buf.is_empty();
             let mut registered = false;
@@ -104,9 +113,7 @@ where
                 if let Poll::Ready(r) = poll_fill(&mut io, &mut buf, cx) {
                     return Poll::Ready(matches!(r, Ok(n) if n > 0));
                 }
-                if let Some(at) = deadline
-                    && clock.poll_passed(at, cx)
-                {
+                if clock.poll_passed(deadline, cx) {
                     return Poll::Ready(false);
                 }
                 if idle
