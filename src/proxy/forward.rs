@@ -132,6 +132,7 @@ pub async fn forward(
             .unwrap_or_else(|| upstream.endpoints[endpoint].host_header.clone());
         address(&mut parts, host, &pq, h2, upstream.config.tls.is_some())?;
         let sent_at = ctx.exchange.record().is_some().then(Instant::now);
+        let measured = pool::Attempt::start(&attempt_body);
         let result = pool::send(
             upstream,
             worker,
@@ -140,6 +141,7 @@ pub async fn forward(
             limit,
         )
         .await;
+        let result = measured.settle(upstream, endpoint, result);
         drop(retry_slot.take());
         if let (Some(p), Some(method)) = (retry, &method)
             && !last

@@ -26,7 +26,7 @@ use super::outlier::Outcome;
 use super::state::{Cap, Held};
 use crate::config::{BalanceConfig, PoolConfig, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError, Retry};
-use crate::proxy::body::{BodyTooLarge, ClientFault, IdleTimeout, RequestBody};
+use crate::proxy::body::{BodyTooLarge, ClientFault, FaultSlot, IdleTimeout, RequestBody};
 
 /// A pooled HTTP/1.1 connection and what it holds for its life.
 pub struct Idle {
@@ -246,9 +246,79 @@ pub struct Sent {
     pub addr: SocketAddr,
 }
 
+/// One attempt on an endpoint, measured: when it started, and where its
+/// request body records a client's fault.
+pub struct Attempt {
+    started: Instant,
+    fault: FaultSlot,
+}
+
+impl Attempt {
+    /// Starts an attempt that sends `body`.
+    pub fn start(body: &RequestBody) -> Self {
+        Self {
+            started: Instant::now(),
+            fault: body.fault(),
+        }
+    }
+
+    /// The attempt's result from [`send`], a failure caused by the client's
+    /// body made the client's; its latency and outcome go to the endpoint's
+    /// EWMA, outlier detection and metrics.
+    pub fn settle(
+        self,
+        upstream: &Upstream,
+        endpoint: usize,
+        mut result: Result<Sent, ProxyError>,
+    ) -> Result<Sent, ProxyError> {
+        let (started, fault) = (self.started, self.fault);
+        if let Err(e) = &mut result
+            && let Some(f) = fault.get()
+        {
+            // The client's body failed the exchange, whatever hyper made of it
+            // (HTTP/2 turns it into a stream reset): the client's fault, never
+            // retried, and nothing against the endpoint.
+            *e = client_fault(f, e);
+        }
+        let outcome = match &result {
+            Ok(sent) => {
+                let rtt = started.elapsed();
+                if upstream.config.balance == BalanceConfig::PeakEwma {
+                    upstream.states[endpoint].observe_latency(rtt);
+                }
+                upstream.stats.request_duration.observe(rtt);
+                Some(if sent.response.status().is_server_error() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                })
+            }
+            Err(e) => match e.kind {
+                ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => {
+                    Some(Outcome::ConnectFailure)
+                }
+                // A request the endpoint provably did not get (a pooled connection
+                // that closed before it went out, REFUSED_STREAM, no free pool
+                // slot) says nothing about the endpoint's health.
+                ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout
+                    if e.retry == Retry::Safe =>
+                {
+                    None
+                }
+                ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Some(Outcome::Failure),
+                _ => None,
+            },
+        };
+        if let Some(outcome) = outcome {
+            upstream.record_outcome(endpoint, outcome);
+        }
+        result
+    }
+}
+
 /// Sends `req` to `endpoint` of `upstream` over a pooled connection; the
-/// response head must arrive within `limit`. The attempt's latency and
-/// outcome feed the endpoint's EWMA, outlier detection and metrics.
+/// response head must arrive within `limit`. One level of future, not
+/// several: each level's future is copied whole when it starts.
 pub async fn send(
     upstream: &Arc<Upstream>,
     worker: usize,
@@ -256,56 +326,7 @@ pub async fn send(
     req: Request<RequestBody>,
     limit: Duration,
 ) -> Result<Sent, ProxyError> {
-    let lease = Lease::begin(upstream, worker, endpoint)?;
-    let started = Instant::now();
-    let fault = req.body().fault();
-    let mut result = exchange(upstream, lease, req, limit).await;
-    if let Err(e) = &mut result
-        && let Some(f) = fault.get()
-    {
-        // The client's body failed the exchange, whatever hyper made of it
-        // (HTTP/2 turns it into a stream reset): the client's fault, never
-        // retried, and nothing against the endpoint.
-        *e = client_fault(f, e);
-    }
-    let outcome = match &result {
-        Ok(sent) => {
-            let rtt = started.elapsed();
-            if upstream.config.balance == BalanceConfig::PeakEwma {
-                upstream.states[endpoint].observe_latency(rtt);
-            }
-            upstream.stats.request_duration.observe(rtt);
-            Some(if sent.response.status().is_server_error() {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            })
-        }
-        Err(e) => match e.kind {
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => Some(Outcome::ConnectFailure),
-            // A request the endpoint provably did not get (a pooled connection
-            // that closed before it went out, REFUSED_STREAM, no free pool
-            // slot) says nothing about the endpoint's health.
-            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout if e.retry == Retry::Safe => {
-                None
-            }
-            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Some(Outcome::Failure),
-            _ => None,
-        },
-    };
-    if let Some(outcome) = outcome {
-        upstream.record_outcome(endpoint, outcome);
-    }
-    result
-}
-
-async fn exchange(
-    upstream: &Arc<Upstream>,
-    mut lease: Lease,
-    req: Request<RequestBody>,
-    limit: Duration,
-) -> Result<Sent, ProxyError> {
-    let (worker, endpoint) = (lease.worker, lease.endpoint);
+    let mut lease = Lease::begin(upstream, worker, endpoint)?;
     let pool = upstream.pool(worker, endpoint);
     let stats = &upstream.stats;
     match upstream.config.protocol {
@@ -334,8 +355,9 @@ async fn exchange(
                 while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
                     let body = body.take().unwrap_or_else(RequestBody::empty);
                     let until = *due.get_or_insert_with(|| Instant::now() + limit);
-                    match send_h1(&mut c.conn, &head, body, until).await {
-                        Ok(response) => {
+                    match c.conn.send(&head, body, until).await {
+                        Ok((parts, decoder)) => {
+                            let response = Response::from_parts(parts, UpstreamBody::H1(decoder));
                             stats.connections_reused.fetch_add(1, Ordering::Relaxed);
                             let addr = c.addr;
                             lease.conn = Some(c);
@@ -385,9 +407,8 @@ async fn exchange(
             };
             let body = body.take().unwrap_or_else(RequestBody::empty);
             let until = *due.get_or_insert_with(|| Instant::now() + limit);
-            let response = send_h1(&mut c.conn, &head, body, until)
-                .await
-                .map_err(h1_failed)?;
+            let (parts, decoder) = c.conn.send(&head, body, until).await.map_err(h1_failed)?;
+            let response = Response::from_parts(parts, UpstreamBody::H1(decoder));
             lease.conn = Some(c);
             Ok(Sent {
                 response,
@@ -506,17 +527,6 @@ async fn open(
     stats.connect_duration.observe(started.elapsed());
     stats.connections_opened.fetch_add(1, Ordering::Relaxed);
     Ok((transport, addr, slot))
-}
-
-/// Sends a request over `conn`; the response head must arrive by `until`.
-async fn send_h1(
-    conn: &mut h1::Conn,
-    head: &http::request::Parts,
-    body: RequestBody,
-    until: Instant,
-) -> Result<Response<UpstreamBody>, h1::Error> {
-    let (parts, decoder) = conn.send(head, body, until).await?;
-    Ok(Response::from_parts(parts, UpstreamBody::H1(decoder)))
 }
 
 /// Opens a new HTTP/2 connection to `endpoint`: h2c, or h2 over TLS.
