@@ -832,6 +832,8 @@ async fn upstream_trailers_are_not_sent_to_a_client_that_did_not_ask() {
     assert_ok(&r, "hello world");
     assert!(r.chunked, "{}", r.head);
     assert!(r.trailers.is_empty(), "trailers sent: {:?}", r.trailers);
+    // Trailers that are not sent are not announced either.
+    assert_eq!(r.header("trailer"), None, "{}", r.head);
     c.send(format!("{}{}", get("/again"), get("/again")).as_bytes())
         .await;
     for r in c.responses(2).await {
@@ -1085,6 +1087,57 @@ async fn h2c_prior_knowledge_still_works_next_to_the_fast_path() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "/again");
     assert_eq!(up.count(), 3);
+}
+
+/// HTTP/2 prior knowledge is a connection's first bytes only: the preface
+/// after an HTTP/1.1 request does not turn the connection into HTTP/2.
+#[tokio::test]
+async fn the_http2_preface_after_a_request_is_not_http2() {
+    let up = echo_upstream().await;
+    let (_gw, addr) = gateway(up.addr);
+    let mut c = Conn::open(addr).await;
+    c.send(get("/first").as_bytes()).await;
+    assert_ok(&c.response(false).await, "/first");
+    // The preface, then an empty SETTINGS frame.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    c.send(&preface).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while c.more().await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still open: {:?}",
+            c.transcript()
+        );
+    }
+    // Nothing but, at most, an HTTP/1.1 refusal: no SETTINGS frame.
+    let after = String::from_utf8_lossy(&c.buf).into_owned();
+    assert!(
+        after.is_empty() || after.starts_with("HTTP/1.1 400"),
+        "after the preface: {after:?}"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+/// A client that pipelines requests and then closes its sending side gets
+/// the answers to all of them, then the connection closes.
+#[tokio::test]
+async fn pipelined_requests_then_a_half_close_are_all_answered() {
+    let up = echo_upstream().await;
+    let (_gw, addr) = gateway(up.addr);
+    let mut c = Conn::open(addr).await;
+    c.send(format!("{}{}{}", get("/a"), get("/b"), get("/c")).as_bytes())
+        .await;
+    c.s.shutdown().await.unwrap();
+    let rs = c.responses(3).await;
+    for (r, body) in rs.iter().zip(["/a", "/b", "/c"]) {
+        assert_ok(r, body);
+    }
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while c.more().await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still open");
+    }
+    assert!(c.buf.is_empty(), "extra bytes: {:?}", c.transcript());
 }
 
 // ---------------------------------------------------------------------------

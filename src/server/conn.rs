@@ -98,7 +98,9 @@ async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &gw.config.limits;
+    // The limits in force when the connection was accepted hold for its life.
+    let limits = gw.config.limits.clone();
+    drop(gw);
     let info = Arc::new(ConnInfo {
         peer: place.peer,
         peer_ip: crate::proxy::headers::ip_value(place.peer.ip()),
@@ -111,7 +113,9 @@ async fn serve_http<S>(
         slots: place.slots,
     });
     let fast = h1::Limits {
-        max_head: usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX),
+        max_head: usize::try_from(limits.max_header_bytes.0)
+            .unwrap_or(usize::MAX)
+            .min(h1::MAX_HEAD),
         header_read_timeout: limits.header_read_timeout.0,
         idle_timeout: limits.idle_timeout.0,
     };
@@ -119,9 +123,6 @@ async fn serve_http<S>(
         h1::Handoff::Closed => return,
         h1::Handoff::Hyper(stream, read) => (stream, read),
     };
-    // The configuration may have been reloaded while the fast path served.
-    let gw = shared.current.load_full();
-    let limits = &gw.config.limits;
     let (stream, verdicts) = Guarded::new(stream, read, limits.max_header_bytes.0);
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new());
@@ -149,7 +150,6 @@ async fn serve_http<S>(
     };
     let idle = limits::IdleClock::new(Arc::new(limits::InFlight::default()), limits.idle_timeout.0);
     let mut stalls = limits::StallWatch::new(idle.in_flight(), limits.send_timeout.0);
-    drop(gw);
     let listener = info.listener.clone();
     let svc_shared = shared.clone();
     let in_flight = idle.in_flight();

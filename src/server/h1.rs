@@ -33,6 +33,9 @@ use crate::proxy::headers::list_elements;
 
 /// Most header fields in a head the fast path takes (more: hyper's).
 const MAX_FIELDS: usize = 64;
+/// Largest head the fast path takes, whatever the configured limit (larger:
+/// hyper's, which also refuses request targets over 64 KiB).
+pub const MAX_HEAD: usize = 64 * 1024;
 /// Fields forwarding adds to a request (X-Forwarded-*, Forwarded, the
 /// request id, trace context, Host): room is made when the map is built.
 const ADDED_UPSTREAM: usize = 7;
@@ -88,18 +91,28 @@ where
     let mut drained = pin!(super::drained(drain));
     let mut clock = http1::Deadline::default();
     let mut served = false;
+    let mut ended = false;
     loop {
         // 1. A whole head, within the header read timeout; while nothing
         // came between requests, within the idle timeout too.
         let mut waiting = None;
+        let mut scanned = 0;
         let parsed = loop {
-            if !buf.is_empty() {
+            // Parsed only once an end of head may be there: a head that
+            // arrives in small pieces is not parsed again for every piece.
+            if head_may_end(&buf, scanned) || buf.len() > limits.max_head {
                 match parse(&mut buf, limits.max_head) {
                     Parse::Partial => {}
+                    // HTTP/2 prior knowledge is a connection's first bytes,
+                    // never what follows an HTTP/1.1 request (hyper's
+                    // server would look for it again): refused as hyper's
+                    // HTTP/1.1 server refuses it, by closing.
+                    Parse::Other if served && h2_preface(&buf) => return Handoff::Closed,
                     Parse::Other => return Handoff::Hyper(io, buf.freeze()),
                     Parse::Plain(req, close) => break (req, close),
                 }
             }
+            scanned = buf.len();
             // Both timeouts count from when the connection began to wait.
             let since = *waiting.get_or_insert_with(Instant::now);
             let deadline = if buf.is_empty() && served {
@@ -109,6 +122,10 @@ where
             };
             let idle = buf.is_empty();
             let mut registered = false;
+            if ended {
+                // What the client sent before closing its side is served.
+                return Handoff::Closed;
+            }
             let read = poll_fn(|cx| {
                 if let Poll::Ready(r) = poll_fill(&mut io, &mut buf, cx) {
                     return Poll::Ready(matches!(r, Ok(n) if n > 0));
@@ -142,7 +159,7 @@ where
             if let Poll::Ready(Ok(resp)) = handled.as_mut().poll(cx) {
                 return Poll::Ready(Some(resp));
             }
-            if !watch_client(&mut io, &mut buf, limits.max_head, cx) {
+            if !watch_client(&mut io, &mut buf, limits.max_head, &mut ended, cx) {
                 return Poll::Ready(None);
             }
             Poll::Pending
@@ -154,8 +171,8 @@ where
 
         // 3. The response.
         close |= *signal.borrow();
-        let (parts, body) = resp.into_parts();
-        let (head, framing) = encode_response(&parts, &body, head_method, &mut close);
+        let (mut parts, body) = resp.into_parts();
+        let (head, framing) = encode_response(&mut parts, &body, head_method, &mut close);
         let body = match framing {
             Framing::None => {
                 drop(body);
@@ -168,7 +185,7 @@ where
             if let Poll::Ready(r) = writer.poll(&mut io, cx) {
                 return Poll::Ready(r.is_ok());
             }
-            if !watch_client(&mut io, &mut buf, limits.max_head, cx) {
+            if !watch_client(&mut io, &mut buf, limits.max_head, &mut ended, cx) {
                 return Poll::Ready(false);
             }
             Poll::Pending
@@ -247,6 +264,22 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
     Parse::Plain(req, close)
 }
 
+/// Whether `buf` starts like the HTTP/2 connection preface (RFC 9113 §3.4).
+fn h2_preface(buf: &[u8]) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let n = buf.len().min(PREFACE.len());
+    buf[..n] == PREFACE[..n]
+}
+
+/// Whether the bytes past `scanned` (and the three before, where an end
+/// may straddle two reads) hold an empty line, the end of a head.
+fn head_may_end(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    let tail = buf.get(from..).unwrap_or_default();
+    memchr::memchr_iter(b'\n', tail)
+        .any(|i| matches!(tail.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..])))
+}
+
 /// A field that makes a request not plain: framing (and its look-alikes,
 /// which the guard refuses), upgrades, `Expect` and `TE`.
 fn not_plain(name: &[u8]) -> bool {
@@ -277,18 +310,23 @@ fn poll_fill<S: AsyncRead + Unpin>(
 }
 
 /// Reads what the client sends while its request is served (a pipelined
-/// next request, up to a head's limit); false once the client has closed
-/// its side or its connection failed.
+/// next request, up to a head's limit); false once the client has gone:
+/// its connection failed, or it closed its side with nothing more to be
+/// served. A client that closes its side after pipelining requests gets
+/// the answers to those it sent (`ended`: it sends no more).
 fn watch_client<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     cap: usize,
+    ended: &mut bool,
     cx: &mut Context<'_>,
 ) -> bool {
-    while buf.len() <= cap {
+    while !*ended && buf.len() <= cap {
         match poll_fill(io, buf, cx) {
             Poll::Pending => return true,
-            Poll::Ready(Ok(0) | Err(_)) => return false,
+            Poll::Ready(Err(_)) => return false,
+            Poll::Ready(Ok(0)) if buf.is_empty() => return false,
+            Poll::Ready(Ok(0)) => *ended = true,
             Poll::Ready(Ok(_)) => {}
         }
     }
@@ -307,7 +345,7 @@ enum Framing {
 /// The status line and header fields, with the framing this server chose
 /// (RFC 9112 §6): the body's length when it is known, chunked when not.
 fn encode_response(
-    parts: &http::response::Parts,
+    parts: &mut http::response::Parts,
     body: &ResponseBody,
     head_method: bool,
     close: &mut bool,
@@ -336,6 +374,12 @@ fn encode_response(
             None => (None, Framing::Chunked),
         }
     };
+    if matches!(framing, Framing::Chunked) {
+        // Trailers are not sent (the client did not ask with `TE: trailers`),
+        // so none is announced.
+        parts.headers.remove(header::TRAILER);
+    }
+    let headers = &parts.headers;
     http1::encode_fields(
         &mut out,
         headers,
@@ -457,15 +501,28 @@ mod tests {
     }
 
     #[test]
+    fn a_head_is_parsed_only_once_its_end_may_be_there() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(head_may_end(head, 0));
+        assert!(head_may_end(b"GET / HTTP/1.1\n\n", 0));
+        assert!(!head_may_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+        // An end that straddles the previous read and the new bytes.
+        assert!(head_may_end(head, head.len() - 1));
+        assert!(head_may_end(head, head.len() - 3));
+        // Scanned already: only new bytes (and the three before) are looked at.
+        assert!(!head_may_end(b"\r\n\r\nGET / HTTP/1.1\r\nHost", 10));
+    }
+
+    #[test]
     fn responses_state_their_framing() {
         let encode = |status: u16, body: ResponseBody, head: bool| {
             let mut resp = http::Response::new(());
             *resp.status_mut() = StatusCode::from_u16(status).unwrap();
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("5"));
-            let (parts, ()) = resp.into_parts();
+            let (mut parts, ()) = resp.into_parts();
             let mut close = false;
-            let (bytes, framing) = encode_response(&parts, &body, head, &mut close);
+            let (bytes, framing) = encode_response(&mut parts, &body, head, &mut close);
             (String::from_utf8(bytes.to_vec()).unwrap(), framing)
         };
         let (text, framing) = encode(200, ResponseBody::full(Bytes::from_static(b"hi")), false);
