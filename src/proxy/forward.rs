@@ -194,8 +194,13 @@ pub async fn forward(
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(&mut parts.headers, switching);
     // Backend hiding: `Server`, `X-Powered-By` and the configured names.
-    for name in gw.hidden_response_headers.iter() {
-        parts.headers.remove(name);
+    // A pass over the few names a response has costs less than a hash
+    // lookup per hidden name, and most responses carry none of them.
+    let hidden = &gw.hidden_response_headers;
+    if parts.headers.keys().any(|k| hidden.contains(k)) {
+        for name in hidden.iter() {
+            parts.headers.remove(name);
+        }
     }
     if switching {
         // Only an HTTP/1.1 connection switches; it becomes the tunnel.

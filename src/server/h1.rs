@@ -352,7 +352,11 @@ fn encode_response(
 ) -> (Bytes, Framing) {
     let status = parts.status;
     let headers = &parts.headers;
-    *close |= list_elements(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"));
+    let mut connection = false;
+    for t in list_elements(headers, header::CONNECTION) {
+        connection = true;
+        *close |= t.eq_ignore_ascii_case(b"close");
+    }
     let mut out = Vec::with_capacity(http1::encoded_size(headers, 128));
     if status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
@@ -386,7 +390,7 @@ fn encode_response(
         length,
         matches!(framing, Framing::Chunked),
     );
-    if *close && !headers.contains_key(header::CONNECTION) {
+    if *close && !connection {
         out.extend_from_slice(b"connection: close\r\n");
     }
     if !headers.contains_key(header::DATE) {

@@ -361,17 +361,15 @@ impl Conn {
             return Ok(State::Close);
         }
         match content_length(headers)? {
-            Some(n) => {
-                let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-                let listed = values.next().is_some_and(|v| v.as_bytes().contains(&b','));
-                if listed || values.next().is_some() {
+            (Some(n), several) => {
+                if several {
                     // One value downstream: a list of equal ones is valid
                     // here but not understood by every client.
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
                 }
                 Ok(State::Length(n))
             }
-            None => {
+            (None, _) => {
                 self.reusable = false;
                 Ok(State::Close)
             }
@@ -458,9 +456,11 @@ fn chunked_last(headers: &HeaderMap) -> bool {
 }
 
 /// The body length that `Content-Length` states: every value (on one line
-/// or several) must be the same run of digits (RFC 9110 §8.6).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+/// or several) must be the same run of digits (RFC 9110 §8.6); and whether
+/// it was stated more than once.
+fn content_length(headers: &HeaderMap) -> Result<(Option<u64>, bool), Error> {
     let mut length = None;
+    let mut several = false;
     for t in list_elements(headers, header::CONTENT_LENGTH) {
         let n = (!t.is_empty() && t.len() <= 19 && t.iter().all(u8::is_ascii_digit))
             .then(|| t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
@@ -468,9 +468,10 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
         if length.is_some_and(|l| l != n) {
             return Err(Error::Invalid("conflicting Content-Length values"));
         }
+        several |= length.is_some();
         length = Some(n);
     }
-    Ok(length)
+    Ok((length, several))
 }
 
 /// What is left of a response body.
@@ -825,10 +826,10 @@ mod tests {
             }
             content_length(&h).ok()
         };
-        assert_eq!(with(&[]), Some(None));
-        assert_eq!(with(&["42"]), Some(Some(42)));
-        assert_eq!(with(&["5, 5"]), Some(Some(5)));
-        assert_eq!(with(&["5", "5"]), Some(Some(5)));
+        assert_eq!(with(&[]), Some((None, false)));
+        assert_eq!(with(&["42"]), Some((Some(42), false)));
+        assert_eq!(with(&["5, 5"]), Some((Some(5), true)));
+        assert_eq!(with(&["5", "5"]), Some((Some(5), true)));
         assert_eq!(with(&["5, 6"]), None);
         assert_eq!(with(&["5", "6"]), None);
         assert_eq!(with(&["-1"]), None);
