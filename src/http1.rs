@@ -194,7 +194,9 @@ where
         }
     }
 
-    /// Queues a frame of the body (or its end) in the message's coding.
+    /// Queues a frame of the body (or its end) in the message's coding. A
+    /// body that ends with a frame is let go of (with what it holds, such as
+    /// an upstream connection) before that frame is written, not after.
     fn take(&mut self, frame: Option<Result<Frame<Bytes>, B::Error>>) -> Result<(), WriteError> {
         let frame = match frame {
             None => {
@@ -210,12 +212,23 @@ where
             }
             Some(Ok(frame)) => frame,
         };
+        let ended = self.body.as_ref().is_none_or(B::is_end_stream);
+        if ended {
+            self.body = None;
+        }
         match frame.into_data() {
-            Ok(d) if d.is_empty() => {}
             Ok(d) if self.chunked => {
-                self.push(Bytes::from(format!("{:x}\r\n", d.len())));
-                self.push(d);
-                self.push(Bytes::from_static(b"\r\n"));
+                if !d.is_empty() {
+                    self.push(Bytes::from(format!("{:x}\r\n", d.len())));
+                    self.push(d);
+                    self.push(Bytes::from_static(if ended {
+                        b"\r\n0\r\n\r\n"
+                    } else {
+                        b"\r\n"
+                    }));
+                } else if ended {
+                    self.push(Bytes::from_static(b"0\r\n\r\n"));
+                }
             }
             Ok(d) => self.push(d),
             Err(frame) => {
@@ -288,7 +301,101 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Waker;
+
     use super::*;
+
+    /// One data frame; records when it is dropped.
+    struct Once(Option<Bytes>, Arc<AtomicBool>);
+
+    impl Body for Once {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.take().map(|d| Ok(Frame::data(d))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    impl Drop for Once {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes every write whole; records what it got and whether the body
+    /// had been let go of by then.
+    struct Probe(Vec<u8>, Vec<bool>, Arc<AtomicBool>);
+
+    impl AsyncWrite for Probe {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.1.push(this.2.load(Ordering::Relaxed));
+            this.0.extend_from_slice(b);
+            Poll::Ready(Ok(b.len()))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.1.push(this.2.load(Ordering::Relaxed));
+            let mut n = 0;
+            for b in bufs {
+                this.0.extend_from_slice(b);
+                n += b.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A body that ends with its frame is let go of (with the upstream
+    /// connection it holds) before the frame is written, in one write with
+    /// the head, in either framing.
+    #[test]
+    fn a_body_is_let_go_of_before_its_last_frame_is_written() {
+        for (chunked, wire) in [
+            (false, &b"HEAD\r\n\r\nhello"[..]),
+            (true, b"HEAD\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ] {
+            let dropped = Arc::new(AtomicBool::new(false));
+            let body = Once(Some(Bytes::from_static(b"hello")), dropped.clone());
+            let mut w = Writer::new(
+                Bytes::from_static(b"HEAD\r\n\r\n"),
+                Some(body),
+                chunked,
+                false,
+            );
+            let mut probe = Probe(Vec::new(), Vec::new(), dropped);
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(matches!(w.poll(&mut probe, &mut cx), Poll::Ready(Ok(()))));
+            assert_eq!(probe.0, wire, "chunked: {chunked}");
+            assert_eq!(probe.1, [true], "chunked: {chunked}");
+        }
+    }
 
     #[test]
     fn decimal() {
