@@ -14,6 +14,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::body::BoxError;
+use crate::proxy::headers::list_elements;
 
 /// Where a field's name and value lie in a head: offsets and lengths.
 pub type Span = (u32, u32, u32, u32);
@@ -67,6 +68,30 @@ pub fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap, length: Option<u64>
         out.extend_from_slice(b"\r\n");
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+}
+
+/// What a message's `Connection` field says (RFC 9112 §9.3, §9.6).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectionOptions {
+    /// The field is there.
+    pub present: bool,
+    /// It names `close`.
+    pub close: bool,
+    /// It names `keep-alive`.
+    pub keep_alive: bool,
+}
+
+impl ConnectionOptions {
+    /// Reads `Connection` over all of its lines.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut found = Self::default();
+        for t in list_elements(headers, header::CONNECTION) {
+            found.present = true;
+            found.close |= t.eq_ignore_ascii_case(b"close");
+            found.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+        }
+        found
     }
 }
 

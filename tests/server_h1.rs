@@ -89,15 +89,6 @@ fn assert_ok(r: &Resp, body: &str) {
     assert_eq!(r.text(), body, "{}", r.head);
 }
 
-fn headers_of(head: &str) -> Vec<(String, String)> {
-    head.split("\r\n")
-        .skip(1)
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect()
-}
-
 /// One client connection. Everything read is kept in `wire`.
 struct Conn {
     s: TcpStream,
@@ -208,7 +199,7 @@ impl Conn {
             }
             let mut r = Resp {
                 status,
-                headers: headers_of(&head),
+                headers: raw::parse_headers(&head),
                 head,
                 body: Vec::new(),
                 chunked: false,
@@ -1133,11 +1124,7 @@ async fn pipelined_requests_then_a_half_close_are_all_answered() {
     for (r, body) in rs.iter().zip(["/a", "/b", "/c"]) {
         assert_ok(r, body);
     }
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while c.more().await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "still open");
-    }
-    assert!(c.buf.is_empty(), "extra bytes: {:?}", c.transcript());
+    c.assert_closed(LIMIT).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -29,7 +29,6 @@ use super::Shared;
 use crate::http1::{self, Writer};
 use crate::pipeline::{self, ConnInfo};
 use crate::proxy::body::{ClientBody, ResponseBody};
-use crate::proxy::headers::list_elements;
 
 /// Most header fields in a head the fast path takes (more: hyper's).
 const MAX_FIELDS: usize = 64;
@@ -112,20 +111,20 @@ where
                     Parse::Plain(req, close) => break (req, close),
                 }
             }
-            scanned = buf.len();
-            // Both timeouts count from when the connection began to wait.
-            let since = *waiting.get_or_insert_with(Instant::now);
-            let deadline = if buf.is_empty() && served {
-                since + limits.keep_alive()
-            } else {
-                since + limits.header_read_timeout
-            };
-            let idle = buf.is_empty();
-            let mut registered = false;
             if ended {
                 // What the client sent before closing its side is served.
                 return Handoff::Closed;
             }
+            scanned = buf.len();
+            // Both timeouts count from when the connection began to wait.
+            let since = *waiting.get_or_insert_with(Instant::now);
+            let idle = buf.is_empty();
+            let deadline = if idle && served {
+                since + limits.keep_alive()
+            } else {
+                since + limits.header_read_timeout
+            };
+            let mut registered = false;
             let read = poll_fn(|cx| {
                 if let Poll::Ready(r) = poll_fill(&mut io, &mut buf, cx) {
                     return Poll::Ready(matches!(r, Ok(n) if n > 0));
@@ -155,17 +154,13 @@ where
         // cancels its request (and the upstream exchange with it).
         let gw = shared.current.load_full();
         let mut handled = pin!(pipeline::handle(req, info.clone(), gw, None));
-        let resp = poll_fn(|cx| {
-            if let Poll::Ready(Ok(resp)) = handled.as_mut().poll(cx) {
-                return Poll::Ready(Some(resp));
-            }
-            if !watch_client(&mut io, &mut buf, limits.max_head, &mut ended, cx) {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await;
-        let Some(resp) = resp else {
+        let mut client = Client {
+            buf: &mut buf,
+            cap: limits.max_head,
+            ended: &mut ended,
+        };
+        let resp = client.watching(&mut io, |_, cx| handled.as_mut().poll(cx));
+        let Some(Ok(resp)) = resp.await else {
             return Handoff::Closed;
         };
 
@@ -181,18 +176,14 @@ where
             Framing::Length | Framing::Chunked => Some(body),
         };
         let mut writer = Writer::new(head, body, matches!(framing, Framing::Chunked), false);
-        let written = poll_fn(|cx| {
-            if let Poll::Ready(r) = writer.poll(&mut io, cx) {
-                return Poll::Ready(r.is_ok());
-            }
-            if !watch_client(&mut io, &mut buf, limits.max_head, &mut ended, cx) {
-                return Poll::Ready(false);
-            }
-            Poll::Pending
-        })
-        .await;
+        let mut client = Client {
+            buf: &mut buf,
+            cap: limits.max_head,
+            ended: &mut ended,
+        };
+        let written = client.watching(&mut io, |io, cx| writer.poll(io, cx)).await;
         drop(writer);
-        if !written {
+        if !matches!(written, Some(Ok(()))) {
             return Handoff::Closed;
         }
         if close {
@@ -254,8 +245,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
         *buf = all;
         return Parse::Other;
     };
-    let close =
-        list_elements(&headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"));
+    let close = http1::ConnectionOptions::of(&headers).close;
     let mut req = Request::new(ClientBody::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -309,28 +299,47 @@ fn poll_fill<S: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
-/// Reads what the client sends while its request is served (a pipelined
-/// next request, up to a head's limit); false once the client has gone:
-/// its connection failed, or it closed its side with nothing more to be
-/// served. A client that closes its side after pipelining requests gets
-/// the answers to those it sent (`ended`: it sends no more).
-fn watch_client<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut BytesMut,
+/// The client's side of a connection while one of its requests is served.
+struct Client<'a> {
+    /// What was read and not served yet.
+    buf: &'a mut BytesMut,
+    /// How much may be read ahead: a head's limit.
     cap: usize,
-    ended: &mut bool,
-    cx: &mut Context<'_>,
-) -> bool {
-    while !*ended && buf.len() <= cap {
-        match poll_fill(io, buf, cx) {
-            Poll::Pending => return true,
-            Poll::Ready(Err(_)) => return false,
-            Poll::Ready(Ok(0)) if buf.is_empty() => return false,
-            Poll::Ready(Ok(0)) => *ended = true,
-            Poll::Ready(Ok(_)) => {}
-        }
+    /// The client closed its side: it sends no more.
+    ended: &'a mut bool,
+}
+
+impl Client<'_> {
+    /// Drives `step` to its end while reading what the client sends (a
+    /// pipelined next request); `None` once the client has gone: its
+    /// connection failed, or it closed its side with nothing more to be
+    /// served (a client that closes its side after pipelining requests gets
+    /// the answers to those it sent).
+    async fn watching<S, T>(
+        &mut self,
+        io: &mut S,
+        mut step: impl FnMut(&mut S, &mut Context<'_>) -> Poll<T>,
+    ) -> Option<T>
+    where
+        S: AsyncRead + Unpin,
+    {
+        poll_fn(|cx| {
+            if let Poll::Ready(done) = step(io, cx) {
+                return Poll::Ready(Some(done));
+            }
+            while !*self.ended && self.buf.len() <= self.cap {
+                match poll_fill(io, self.buf, cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(0)) if self.buf.is_empty() => return Poll::Ready(None),
+                    Poll::Ready(Ok(0)) => *self.ended = true,
+                    Poll::Ready(Ok(_)) => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
-    true
 }
 
 /// How a response body goes out.
@@ -352,11 +361,8 @@ fn encode_response(
 ) -> (Bytes, Framing) {
     let status = parts.status;
     let headers = &parts.headers;
-    let mut connection = false;
-    for t in list_elements(headers, header::CONNECTION) {
-        connection = true;
-        *close |= t.eq_ignore_ascii_case(b"close");
-    }
+    let connection = http1::ConnectionOptions::of(headers);
+    *close |= connection.close;
     let mut out = Vec::with_capacity(http1::encoded_size(headers, 128));
     if status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
@@ -390,7 +396,7 @@ fn encode_response(
         length,
         matches!(framing, Framing::Chunked),
     );
-    if *close && !connection {
+    if *close && !connection.present {
         out.extend_from_slice(b"connection: close\r\n");
     }
     if !headers.contains_key(header::DATE) {

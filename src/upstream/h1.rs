@@ -333,8 +333,8 @@ impl Conn {
         version: Version,
         headers: &mut HeaderMap,
     ) -> Result<State, Error> {
-        let (close, keep_alive) = connection_tokens(headers);
-        if close || (version == Version::HTTP_10 && !keep_alive) {
+        let connection = http1::ConnectionOptions::of(headers);
+        if connection.close || (version == Version::HTTP_10 && !connection.keep_alive) {
             self.reusable = false;
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -435,16 +435,6 @@ enum Head {
     /// An interim (1xx) response, now consumed.
     Interim,
     Final(http::response::Parts, State),
-}
-
-/// Whether `Connection` carries `close`, and `keep-alive`.
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
-    let mut found = (false, false);
-    for t in list_elements(headers, header::CONNECTION) {
-        found.0 |= t.eq_ignore_ascii_case(b"close");
-        found.1 |= t.eq_ignore_ascii_case(b"keep-alive");
-    }
-    found
 }
 
 /// Whether `chunked` is the final transfer coding.

@@ -98,7 +98,8 @@ pub async fn take_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Stri
     Some(head)
 }
 
-fn parse_headers(head: &str) -> Vec<(String, String)> {
+/// The header lines of a head, names lowercased, in order.
+pub fn parse_headers(head: &str) -> Vec<(String, String)> {
     head.split("\r\n")
         .skip(1)
         .filter(|l| !l.is_empty())
