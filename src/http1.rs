@@ -3,11 +3,12 @@
 //! values share the read buffer, header fields encoded, and a message body
 //! written with its framing.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body::{Body, Frame};
 use tokio::io::AsyncWrite;
@@ -37,7 +38,7 @@ pub fn spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) -> 
 /// with room for `extra` more fields (what the gateway adds, so that adding
 /// them does not grow the map again).
 pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
+    let mut headers = spare_map(spans.len() + extra);
     for &(n, nl, v, vl) in spans {
         let name = head
             .get(n as usize..(n + nl) as usize)
@@ -50,9 +51,63 @@ pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMa
     Ok(headers)
 }
 
+/// How many emptied maps a thread keeps for later messages.
+const SPARE_MAPS: usize = 64;
+
+/// The most fields a kept map may have room for: a map grown by an unusual
+/// message is let go of rather than kept.
+const SPARE_MAP_ROOM: usize = 64;
+
+thread_local! {
+    /// Emptied maps, kept with their room: a message's map is most of the
+    /// allocations a proxied request makes.
+    static SPARES: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty map with room for `fields`, a kept one if the thread has one.
+fn spare_map(fields: usize) -> HeaderMap {
+    match SPARES.with_borrow_mut(Vec::pop) {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Empties `map` and keeps it for a later message's [`header_map`].
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_ROOM {
+        return;
+    }
+    map.clear();
+    SPARES.with_borrow_mut(|spares| {
+        if spares.len() < SPARE_MAPS {
+            spares.push(map);
+        }
+    });
+}
+
+/// A connection's room for the heads it writes. Each head is split off it;
+/// once that head is written and let go, its room serves the next one, so
+/// that a head costs no allocation.
+#[derive(Default)]
+pub struct HeadBuf(BytesMut);
+
+impl HeadBuf {
+    /// The head that `encode` writes, given room for `size` bytes.
+    pub fn encode(&mut self, size: usize, encode: impl FnOnce(&mut BytesMut)) -> Bytes {
+        // At least room for most heads, taken at the first one: a little
+        // more than one head needs, so that the next ones fit in it.
+        self.0.reserve(size.max(512));
+        encode(&mut self.0);
+        self.0.split().freeze()
+    }
+}
+
 /// Appends `headers` as header fields, except the framing ones, then the
 /// framing the sender chose: `content-length: length`, or chunked.
-pub fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap, length: Option<u64>, chunked: bool) {
+pub fn encode_fields(out: &mut BytesMut, headers: &HeaderMap, length: Option<u64>, chunked: bool) {
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
@@ -400,6 +455,23 @@ mod tests {
     /// A body that ends with its frame is let go of (with the upstream
     /// connection it holds) before the frame is written, in one write with
     /// the head, in either framing.
+    #[test]
+    fn a_head_let_go_of_lends_its_room_to_the_next() {
+        let mut heads = HeadBuf::default();
+        let first = heads.encode(10, |o| o.extend_from_slice(b"first"));
+        let room = first.as_ptr();
+        drop(first);
+        let second = heads.encode(10, |o| o.extend_from_slice(b"second"));
+        assert_eq!(second.as_ptr(), room, "the room was not used again");
+        // A head still held is never written over.
+        let third = heads.encode(10, |o| o.extend_from_slice(b"third"));
+        assert_eq!(&second[..], b"second");
+        assert_eq!(&third[..], b"third");
+        let big = heads.encode(4096, |o| o.extend_from_slice(&[b'x'; 4096]));
+        assert_eq!(big.len(), 4096);
+        assert_eq!(&second[..], b"second");
+    }
+
     #[test]
     fn a_body_is_let_go_of_before_its_last_frame_is_written() {
         for (chunked, wire) in [

@@ -120,13 +120,14 @@ fn over_limit(read: &mut u64, max: u64, frame: &Frame<Bytes>) -> bool {
     max != 0 && *read > max
 }
 
-/// Fails a stream that sees no frame for `timeout`. Activity costs one
-/// `Instant::now()`; the timer itself is created only when the stream first
-/// waits, and re-armed only when it fires.
+/// Fails a stream that waits `timeout` for a frame. The wait counts from the
+/// first poll that finds nothing, so that a frame costs no clock read; the
+/// timer itself is created only when the stream first waits, and re-armed
+/// only when it fires.
 pub struct IdleTimer {
     sleep: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
-    last: Instant,
+    waiting_since: Option<Instant>,
 }
 
 impl IdleTimer {
@@ -135,15 +136,13 @@ impl IdleTimer {
         Self {
             sleep: None,
             timeout,
-            last: Instant::now(),
+            waiting_since: None,
         }
     }
 
-    /// Records activity.
+    /// Records activity: the next wait starts a new count.
     fn touch(&mut self) {
-        if !self.timeout.is_zero() {
-            self.last = Instant::now();
-        }
+        self.waiting_since = None;
     }
 
     /// True when the stream has been idle for the whole timeout.
@@ -151,7 +150,7 @@ impl IdleTimer {
         if self.timeout.is_zero() {
             return false;
         }
-        let deadline = self.last + self.timeout;
+        let deadline = *self.waiting_since.get_or_insert_with(Instant::now) + self.timeout;
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -159,7 +158,6 @@ impl IdleTimer {
             if sleep.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let deadline = self.last + self.timeout;
             if Instant::now() >= deadline {
                 return true;
             }

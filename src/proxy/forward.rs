@@ -138,6 +138,7 @@ pub async fn forward(
             worker,
             endpoint,
             Request::from_parts(parts, attempt_body),
+            measured.started(),
             limit,
         )
         .await;

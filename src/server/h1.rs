@@ -89,6 +89,7 @@ where
     let signal = drain.clone();
     let mut drained = pin!(super::drained(drain));
     let mut clock = http1::Deadline::default();
+    let mut heads = http1::HeadBuf::default();
     let mut served = false;
     let mut ended = false;
     loop {
@@ -167,7 +168,9 @@ where
         // 3. The response.
         close |= *signal.borrow();
         let (mut parts, body) = resp.into_parts();
-        let (head, framing) = encode_response(&mut parts, &body, head_method, &mut close);
+        let (head, framing) =
+            encode_response(&mut heads, &mut parts, &body, head_method, &mut close);
+        http1::recycle(parts.headers);
         let body = match framing {
             Framing::None => {
                 drop(body);
@@ -354,28 +357,18 @@ enum Framing {
 /// The status line and header fields, with the framing this server chose
 /// (RFC 9112 §6): the body's length when it is known, chunked when not.
 fn encode_response(
+    heads: &mut http1::HeadBuf,
     parts: &mut http::response::Parts,
     body: &ResponseBody,
     head_method: bool,
     close: &mut bool,
 ) -> (Bytes, Framing) {
     let status = parts.status;
-    let headers = &parts.headers;
-    let connection = http1::ConnectionOptions::of(headers);
+    let connection = http1::ConnectionOptions::of(&parts.headers);
     *close |= connection.close;
-    let mut out = Vec::with_capacity(http1::encoded_size(headers, 128));
-    if status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
     let (length, framing) = if head_method || status == StatusCode::NOT_MODIFIED {
         // The length of the representation the GET would have sent.
-        (stated_length(headers), Framing::None)
+        (stated_length(&parts.headers), Framing::None)
     } else if status.is_informational() || status == StatusCode::NO_CONTENT {
         (None, Framing::None)
     } else {
@@ -390,22 +383,33 @@ fn encode_response(
         parts.headers.remove(header::TRAILER);
     }
     let headers = &parts.headers;
-    http1::encode_fields(
-        &mut out,
-        headers,
-        length,
-        matches!(framing, Framing::Chunked),
-    );
-    if *close && !connection.present {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    if !headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        date::with(|d| out.extend_from_slice(d));
+    let head = heads.encode(http1::encoded_size(headers, 128), |out| {
+        if status == StatusCode::OK {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        } else {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(status.as_str().as_bytes());
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        http1::encode_fields(
+            out,
+            headers,
+            length,
+            matches!(framing, Framing::Chunked),
+        );
+        if *close && !connection.present {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        if !headers.contains_key(header::DATE) {
+            out.extend_from_slice(b"date: ");
+            date::with(|d| out.extend_from_slice(d));
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    (Bytes::from(out), framing)
+    });
+    (head, framing)
 }
 
 /// A single, valid `Content-Length`.
@@ -532,7 +536,9 @@ mod tests {
                 .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("5"));
             let (mut parts, ()) = resp.into_parts();
             let mut close = false;
-            let (bytes, framing) = encode_response(&mut parts, &body, head, &mut close);
+            let mut heads = http1::HeadBuf::default();
+            let (bytes, framing) =
+                encode_response(&mut heads, &mut parts, &body, head, &mut close);
             (String::from_utf8(bytes.to_vec()).unwrap(), framing)
         };
         let (text, framing) = encode(200, ResponseBody::full(Bytes::from_static(b"hi")), false);

@@ -135,6 +135,8 @@ pub struct Conn {
     reusable: bool,
     /// When a response head is due.
     due: http1::Deadline,
+    /// Room for request heads.
+    heads: http1::HeadBuf,
 }
 
 impl Conn {
@@ -146,6 +148,7 @@ impl Conn {
             read_size: READ_MIN,
             reusable: true,
             due: http1::Deadline::default(),
+            heads: http1::HeadBuf::default(),
         }
     }
 
@@ -180,7 +183,7 @@ impl Conn {
         body: RequestBody,
         until: Instant,
     ) -> Result<(http::response::Parts, Decoder), Error> {
-        let mut writer = Some(request_writer(head, body));
+        let mut writer = Some(request_writer(&mut self.heads, head, body));
         let mut interim = 0;
         let mut received = false;
         let (parts, state) = std::future::poll_fn(|cx| {
@@ -752,7 +755,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
 type Writer = http1::Writer<RequestBody>;
 
 /// A writer for `head` and `body`, with the framing this client chooses.
-fn request_writer(head: &http::request::Parts, body: RequestBody) -> Writer {
+fn request_writer(
+    heads: &mut http1::HeadBuf,
+    head: &http::request::Parts,
+    body: RequestBody,
+) -> Writer {
     let length = if body.is_end_stream() {
         // A method that defines a body says it has none (RFC 9110 §8.6).
         (matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
@@ -763,21 +770,27 @@ fn request_writer(head: &http::request::Parts, body: RequestBody) -> Writer {
     };
     let chunked = length.is_none() && !body.is_end_stream();
     let body = (!body.is_end_stream()).then_some(body);
-    Writer::new(encode_head(head, length, chunked), body, chunked, true)
+    Writer::new(encode_head(heads, head, length, chunked), body, chunked, true)
 }
 
 /// The request line and header fields, with the framing this client
 /// chose: `length`, or chunked.
-fn encode_head(head: &http::request::Parts, length: Option<u64>, chunked: bool) -> Bytes {
+fn encode_head(
+    heads: &mut http1::HeadBuf,
+    head: &http::request::Parts,
+    length: Option<u64>,
+    chunked: bool,
+) -> Bytes {
     let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(http1::encoded_size(&head.headers, target.len() + 64));
-    out.extend_from_slice(head.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    http1::encode_fields(&mut out, &head.headers, length, chunked);
-    out.extend_from_slice(b"\r\n");
-    Bytes::from(out)
+    let size = http1::encoded_size(&head.headers, target.len() + 64);
+    heads.encode(size, |out| {
+        out.extend_from_slice(head.method.as_str().as_bytes());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        http1::encode_fields(out, &head.headers, length, chunked);
+        out.extend_from_slice(b"\r\n");
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use super::h1::{self, Io};
 use super::outlier::Outcome;
 use super::state::{Cap, Held};
 use crate::config::{BalanceConfig, PoolConfig, UpstreamProtocol};
+use crate::http1;
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::proxy::body::{BodyTooLarge, ClientFault, FaultSlot, IdleTimeout, RequestBody};
 
@@ -70,11 +71,13 @@ impl EndpointPool {
         }
     }
 
-    fn take_idle(&self, idle_timeout: Duration) -> Option<Idle> {
+    /// The most recently used idle connection, as of `now`, that is neither
+    /// past `idle_timeout` nor closed.
+    fn take_idle(&self, idle_timeout: Duration, now: Instant) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // Most recently used first: it is the least likely to have been closed.
         while let Some(mut c) = idle.pop_back() {
-            if c.since.elapsed() < idle_timeout && !c.conn.is_closed() {
+            if now.saturating_duration_since(c.since) < idle_timeout && !c.conn.is_closed() {
                 return Some(c);
             }
         }
@@ -254,6 +257,11 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// When the attempt started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Starts an attempt that sends `body`.
     pub fn start(body: &RequestBody) -> Self {
         Self {
@@ -316,14 +324,16 @@ impl Attempt {
     }
 }
 
-/// Sends `req` to `endpoint` of `upstream` over a pooled connection; the
-/// response head must arrive within `limit`. One level of future, not
-/// several: each level's future is copied whole when it starts.
+/// Sends `req` to `endpoint` of `upstream` over a pooled connection, for
+/// the attempt that began `started`; the response head must arrive within
+/// `limit`. One level of future, not several: each level's future is copied
+/// whole when it starts.
 pub async fn send(
     upstream: &Arc<Upstream>,
     worker: usize,
     endpoint: usize,
     req: Request<RequestBody>,
+    started: Instant,
     limit: Duration,
 ) -> Result<Sent, ProxyError> {
     let mut lease = Lease::begin(upstream, worker, endpoint)?;
@@ -348,15 +358,20 @@ pub async fn send(
             // connection closing. Bounded by the request timeout.
             let mut deadline = None;
             let mut pending = None;
+            // The first look is as the attempt starts: its start saves a
+            // clock read.
+            let mut first = Some(started);
             let permit = loop {
                 // Registered before looking, so a connection returned between
                 // the look and the wait still wakes this request.
                 let returned = pool.returned.notified();
-                while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0) {
+                let now = first.take().unwrap_or_else(Instant::now);
+                while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0, now) {
                     let body = body.take().unwrap_or_else(RequestBody::empty);
-                    let until = *due.get_or_insert_with(|| Instant::now() + limit);
+                    let until = *due.get_or_insert(now + limit);
                     match c.conn.send(&head, body, until).await {
                         Ok((parts, decoder)) => {
+                            http1::recycle(head.headers);
                             let response = Response::from_parts(parts, UpstreamBody::H1(decoder));
                             stats.connections_reused.fetch_add(1, Ordering::Relaxed);
                             let addr = c.addr;
@@ -408,6 +423,7 @@ pub async fn send(
             let body = body.take().unwrap_or_else(RequestBody::empty);
             let until = *due.get_or_insert_with(|| Instant::now() + limit);
             let (parts, decoder) = c.conn.send(&head, body, until).await.map_err(h1_failed)?;
+            http1::recycle(head.headers);
             let response = Response::from_parts(parts, UpstreamBody::H1(decoder));
             lease.conn = Some(c);
             Ok(Sent {
