@@ -90,6 +90,9 @@ where
     let mut drained = pin!(super::drained(drain));
     let mut clock = http1::Deadline::default();
     let mut heads = http1::HeadBuf::default();
+    // The drain signal is watched from the first wait on: polled again only
+    // once it changed, its waker (this task's) stays registered.
+    let mut registered = false;
     let mut served = false;
     let mut ended = false;
     loop {
@@ -125,7 +128,6 @@ where
             } else {
                 since + limits.header_read_timeout
             };
-            let mut registered = false;
             let read = poll_fn(|cx| {
                 if let Poll::Ready(r) = poll_fill(&mut io, &mut buf, cx) {
                     return Poll::Ready(matches!(r, Ok(n) if n > 0));
@@ -133,13 +135,12 @@ where
                 if clock.poll_passed(deadline, cx) {
                     return Poll::Ready(false);
                 }
-                if idle
-                    && (!registered || signal.has_changed().unwrap_or(true))
-                    && drained.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(false);
+                if idle && (!registered || signal.has_changed().unwrap_or(true)) {
+                    if drained.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    registered = true;
                 }
-                registered = true;
                 Poll::Pending
             })
             .await;

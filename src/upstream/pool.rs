@@ -49,7 +49,7 @@ impl Idle {
 
 /// Connections to one endpoint from one worker.
 pub struct EndpointPool {
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<VecDeque<Box<Idle>>>,
     max_idle: usize,
     /// One permit per open connection, idle ones included (`max_connections`).
     limit: Option<Arc<Semaphore>>,
@@ -73,7 +73,7 @@ impl EndpointPool {
 
     /// The most recently used idle connection, as of `now`, that is neither
     /// past `idle_timeout` nor closed.
-    fn take_idle(&self, idle_timeout: Duration, now: Instant) -> Option<Idle> {
+    fn take_idle(&self, idle_timeout: Duration, now: Instant) -> Option<Box<Idle>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // Most recently used first: it is the least likely to have been closed.
         while let Some(mut c) = idle.pop_back() {
@@ -84,7 +84,7 @@ impl EndpointPool {
         None
     }
 
-    fn put_idle(&self, c: Idle) {
+    fn put_idle(&self, c: Box<Idle>) {
         if self.max_idle == 0 || !c.conn.reusable() {
             return;
         }
@@ -119,7 +119,9 @@ pub struct Lease {
     upstream: Arc<Upstream>,
     worker: usize,
     endpoint: usize,
-    conn: Option<Idle>,
+    /// Boxed once per connection, so that a lease (and the response body
+    /// holding it) moves as a pointer.
+    conn: Option<Box<Idle>>,
     /// Counted in `stats.requests` (only with a `max_requests` cap: the sum
     /// of the endpoints' in-flight counts serves everything else).
     capped: bool,
@@ -146,27 +148,23 @@ impl Lease {
 
     /// The HTTP/1.1 connection the response is read from.
     pub fn conn(&mut self) -> Option<&mut h1::Conn> {
-        self.conn.as_mut().map(Idle::conn)
+        self.conn.as_mut().map(|c| c.conn())
     }
 
     /// Ends the request. A connection whose exchange ended cleanly goes back
     /// to the pool; any other is closed.
     pub fn finish(mut self, clean: bool) {
-        if let Some(c) = self.conn.take()
+        if let Some(mut c) = self.conn.take()
             && clean
         {
-            self.upstream
-                .pool(self.worker, self.endpoint)
-                .put_idle(Idle {
-                    since: Instant::now(),
-                    ..c
-                });
+            c.since = Instant::now();
+            self.upstream.pool(self.worker, self.endpoint).put_idle(c);
         }
     }
 
     /// The connection, for the tunnel that follows a 101 (Switching
     /// Protocols); it keeps its connection slots while the tunnel lasts.
-    pub fn into_conn(mut self) -> Option<Idle> {
+    pub fn into_conn(mut self) -> Option<Box<Idle>> {
         self.conn.take()
     }
 }
@@ -413,13 +411,13 @@ pub async fn send(
             };
             drop(pending);
             let (io, addr, slot) = Box::pin(open(upstream, endpoint)).await?;
-            let mut c = Idle {
+            let mut c = Box::new(Idle {
                 conn: h1::Conn::new(io),
                 addr,
                 since: Instant::now(),
                 _permit: permit,
                 _slot: slot,
-            };
+            });
             let body = body.take().unwrap_or_else(RequestBody::empty);
             let until = *due.get_or_insert_with(|| Instant::now() + limit);
             let (parts, decoder) = c.conn.send(&head, body, until).await.map_err(h1_failed)?;
