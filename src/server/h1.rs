@@ -13,6 +13,7 @@
 //! fast path only ever takes a head that hyper would have taken as it is.
 
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -212,9 +213,11 @@ enum Parse {
 }
 
 fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Left uninitialized: httparse writes the fields it finds, and filling
+    // the whole array first would cost more than the parse.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parse::Partial,
         _ => return Parse::Other,

@@ -7,6 +7,7 @@
 
 use std::borrow::BorrowMut;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -281,9 +282,16 @@ impl Conn {
 
     /// Parses a response head from the buffer.
     fn parse_head(&mut self, method: &Method) -> Result<Head, Error> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
-        let len = match resp.parse(&self.buf) {
+        // Left uninitialized: httparse writes the fields it finds, and
+        // filling the whole array first would cost more than the parse.
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            &self.buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
             Ok(httparse::Status::Complete(_)) => {
                 return Err(Error::Invalid("response head over 64 KiB"));
