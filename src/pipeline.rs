@@ -80,6 +80,9 @@ pub struct RequestCtx {
     pub response_headers: Option<Box<http::HeaderMap>>,
     /// Concurrency-limit slots, held until the response body is done.
     pub held: crate::ratelimit::Held,
+    /// The request carried `Upgrade` when it arrived: forwarding looks for
+    /// an upgrade only then.
+    pub upgrade_asked: bool,
 }
 
 /// Serves one request. Never fails: errors become problem responses here.
@@ -92,8 +95,12 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let method = MethodClass::of(req.method());
-    let request_id = match req.headers().get(&gw.request_id_header) {
-        Some(v) if gw.trust_request_id && request_id::accept_incoming(v) => v.clone(),
+    let incoming_id = gw
+        .trust_request_id
+        .then(|| req.headers().get(&gw.request_id_header))
+        .flatten();
+    let request_id = match incoming_id {
+        Some(v) if request_id::accept_incoming(v) => v.clone(),
         _ => request_id::generate(),
     };
     let trace = SpanContext::from_request(req.headers(), gw.config.tracing.sample_ratio);
@@ -119,6 +126,7 @@ pub async fn handle(
         identity: None,
         response_headers: None,
         held: crate::ratelimit::Held::default(),
+        upgrade_asked: req.headers().contains_key(header::UPGRADE),
     };
 
     let error_style = ErrorStyle::of(req.headers());
@@ -126,8 +134,7 @@ pub async fn handle(
     // The guard stops following the framing after a head that asks to switch
     // protocols; if the switch does not happen, the connection must not carry
     // another request.
-    let switch_asked =
-        http1 && (req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT);
+    let switch_asked = http1 && (ctx.upgrade_asked || req.method() == Method::CONNECT);
     let result = match flaw {
         None => route_and_run(&gw, req, &mut ctx).await,
         Some(flaw) => Err(flawed(flaw)),

@@ -299,6 +299,36 @@ routes:
     }
 }
 
+/// The client's Host goes upstream once, as sent, on the fast path and on
+/// hyper's; one taken by `Connection: host`, or missing from an HTTP/1.0
+/// request, is set again.
+#[tokio::test]
+async fn host_reaches_the_upstream_once_whatever_the_client_sends() {
+    let up = upstream::named("up").await;
+    let (_gw, addr) = proxy_to(up.addr, "");
+    let endpoint = up.addr.to_string();
+    for (request, want) in [
+        (
+            &b"GET /plain HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n"[..],
+            "shop.example",
+        ),
+        (
+            b"POST /body HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            "shop.example",
+        ),
+        (
+            b"GET /named HTTP/1.1\r\nHost: shop.example\r\nConnection: close, host\r\n\r\n",
+            "shop.example",
+        ),
+        (b"GET /old HTTP/1.0\r\n\r\n", endpoint.as_str()),
+    ] {
+        let resp = raw::exchange(addr, request).await.unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let seen = last(&up);
+        assert_eq!(all(&seen, "host"), [want], "{}", seen.uri);
+    }
+}
+
 fn is_hex_id(s: &str) -> bool {
     s.len() == 32
         && s.bytes()

@@ -129,7 +129,7 @@ impl SpanContext {
             }
         }
         if self.parent_id.is_none() {
-            headers.remove(TRACESTATE);
+            crate::proxy::headers::drop_field(headers, &TRACESTATE);
             return;
         }
         let fields = headers.get_all(TRACESTATE);

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{ClientBody, Replayable, RequestBody, ResponseBody};
-use super::headers::{list_elements, remove_hop_by_hop, set_forwarded};
+use super::headers::{drop_field, list_elements, remove_hop_by_hop, set_forwarded};
 use super::retry::{self, RetryPolicy};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
@@ -30,7 +30,7 @@ pub async fn forward(
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let key = hash_key(upstream.hash_key(), &req, ctx);
-    let upgrading = wants_upgrade(&req);
+    let upgrading = ctx.upgrade_asked && wants_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let h2 = matches!(
         upstream.config.protocol,
@@ -59,16 +59,26 @@ pub async fn forward(
         (None, HostHeader::Fixed(_)) => upstream.fixed_host.clone(),
     };
 
+    let host_is_clients = req.uri().authority().is_none()
+        && client_host.is_some()
+        && matches!(
+            (&ctx.upstream_host, &upstream.config.host),
+            (None, HostHeader::Preserve)
+        );
+
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     // Room for what is added below (X-Forwarded-*, Forwarded, the request
     // id, trace context, Host) in one growth rather than several.
     headers.reserve(7);
-    remove_hop_by_hop(headers, upgrading && !h2);
+    let stripped = remove_hop_by_hop(headers, upgrading && !h2);
+    // The client's Host goes upstream as it is, unless a hop-by-hop
+    // removal took it (`Connection: host`).
+    let keep_host = host_is_clients && !stripped;
     // After the hop-by-hop removal: a client's `Connection: traceparent`
     // must not strip the gateway's own.
     ctx.trace.propagate(headers);
-    headers.remove(header::EXPECT);
+    drop_field(headers, &header::EXPECT);
     set_forwarded(
         headers,
         ctx.conn.peer,
@@ -130,7 +140,14 @@ pub async fn forward(
         let host = host
             .clone()
             .unwrap_or_else(|| upstream.endpoints[endpoint].host_header.clone());
-        address(&mut parts, host, &pq, h2, upstream.config.tls.is_some())?;
+        address(
+            &mut parts,
+            host,
+            &pq,
+            h2,
+            upstream.config.tls.is_some(),
+            keep_host,
+        )?;
         let sent_at = ctx.exchange.record().is_some().then(Instant::now);
         let measured = pool::Attempt::start(&attempt_body);
         let result = pool::send(
@@ -200,7 +217,7 @@ pub async fn forward(
     let hidden = &gw.hidden_response_headers;
     if parts.headers.keys().any(|k| hidden.contains(k)) {
         for name in hidden.iter() {
-            parts.headers.remove(name);
+            drop_field(&mut parts.headers, name);
         }
     }
     if switching {
@@ -274,13 +291,15 @@ fn copy_head(head: &http::request::Parts) -> http::request::Parts {
 }
 
 /// Sets the target and host of an attempt: origin-form plus `Host` for
-/// HTTP/1.1, scheme and `:authority` for HTTP/2.
+/// HTTP/1.1 (kept as it is with `keep_host`), scheme and `:authority` for
+/// HTTP/2.
 fn address(
     parts: &mut http::request::Parts,
     host: HeaderValue,
     pq: &PathAndQuery,
     h2: bool,
     tls: bool,
+    keep_host: bool,
 ) -> Result<(), ProxyError> {
     if h2 {
         let uri = Uri::builder()
@@ -292,7 +311,9 @@ fn address(
         parts.uri = uri;
     } else {
         parts.uri = Uri::from(pq.clone());
-        parts.headers.insert(header::HOST, host);
+        if !keep_host {
+            parts.headers.insert(header::HOST, host);
+        }
     }
     Ok(())
 }
