@@ -34,11 +34,27 @@ pub fn spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) -> 
     fields.len().min(out.len())
 }
 
+/// Which of the fields that decide a message's framing and its connection's
+/// fate a head has, noted while its map is built: a head without them (most)
+/// is spared looking them up.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Notable {
+    /// `Connection`.
+    pub connection: bool,
+    /// `Transfer-Encoding`.
+    pub transfer_encoding: bool,
+}
+
 /// The fields at `spans` of `head`, as a map whose values share its bytes,
 /// with room for `extra` more fields (what the gateway adds, so that adding
 /// them does not grow the map again).
-pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMap, &'static str> {
+pub fn header_map(
+    head: &Bytes,
+    spans: &[Span],
+    extra: usize,
+) -> Result<(HeaderMap, Notable), &'static str> {
     let mut headers = spare_map(spans.len() + extra);
+    let mut notable = Notable::default();
     for &(n, nl, v, vl) in spans {
         let name = head
             .get(n as usize..(n + nl) as usize)
@@ -46,9 +62,11 @@ pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMa
             .ok_or("malformed header field name")?;
         let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
             .map_err(|_| "malformed header field value")?;
+        notable.connection |= name == header::CONNECTION;
+        notable.transfer_encoding |= name == header::TRANSFER_ENCODING;
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, notable))
 }
 
 /// How many emptied maps a thread keeps for later messages.

@@ -244,7 +244,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
     let parts = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .ok()
         .zip(http1::header_map(&head, &spans[..count], ADDED_UPSTREAM).ok());
-    let Some((uri, headers)) = parts else {
+    let Some((uri, (headers, notable))) = parts else {
         // httparse took what `http` refuses: hyper answers it.
         let mut all = BytesMut::with_capacity(head.len() + buf.len());
         all.extend_from_slice(&head);
@@ -252,7 +252,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
         *buf = all;
         return Parse::Other;
     };
-    let close = http1::ConnectionOptions::of(&headers).close;
+    let close = notable.connection && http1::ConnectionOptions::of(&headers).close;
     let mut req = Request::new(ClientBody::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;

@@ -324,10 +324,10 @@ impl Conn {
         let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
         let count = http1::spans(&self.buf, resp.headers, &mut spans);
         let bytes = self.buf.split_to(len).freeze();
-        let mut headers =
+        let (mut headers, notable) =
             http1::header_map(&bytes, &spans[..count], ADDED_DOWNSTREAM).map_err(Error::Invalid)?;
 
-        let state = self.framing(method, status, version, &mut headers)?;
+        let state = self.framing(method, status, version, &mut headers, notable)?;
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = status;
         parts.version = version;
@@ -343,8 +343,13 @@ impl Conn {
         status: StatusCode,
         version: Version,
         headers: &mut HeaderMap,
+        notable: http1::Notable,
     ) -> Result<State, Error> {
-        let connection = http1::ConnectionOptions::of(headers);
+        let connection = if notable.connection {
+            http1::ConnectionOptions::of(headers)
+        } else {
+            http1::ConnectionOptions::default()
+        };
         if connection.close || (version == Version::HTTP_10 && !connection.keep_alive) {
             self.reusable = false;
         }
@@ -358,7 +363,7 @@ impl Conn {
         {
             return Ok(State::Length(0));
         }
-        if headers.contains_key(header::TRANSFER_ENCODING) {
+        if notable.transfer_encoding {
             // Transfer-Encoding overrides Content-Length, which must not be
             // passed on; a message that has both, or an HTTP/1.0 one that has
             // Transfer-Encoding (RFC 9112 §6.1), is suspect: no reuse.
