@@ -185,7 +185,7 @@ async fn route_and_run(
     mut req: Request<ClientBody>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    check_request(gw, &req)?;
+    let host_field = check_request(gw, &req)?;
     // ACME HTTP-01: answered on plain listeners before the HTTPS redirect
     // and routing.
     #[cfg(feature = "acme")]
@@ -211,7 +211,7 @@ async fn route_and_run(
     {
         return Ok(resp);
     }
-    let route = find_route(gw, &req, ctx)?;
+    let route = find_route(gw, &req, host_field.as_ref(), ctx)?;
     ctx.recording.set_route(&route.metrics);
     if let Some(r) = ctx.exchange.record() {
         r.route = Some(route.name.clone());
@@ -273,8 +273,12 @@ async fn route_and_run(
     }
 }
 
-/// Refuses requests that must not reach an upstream.
-fn check_request(gw: &Gateway, req: &Request<ClientBody>) -> Result<(), ProxyError> {
+/// Refuses requests that must not reach an upstream; the request's Host
+/// field, if it has one.
+fn check_request(
+    gw: &Gateway,
+    req: &Request<ClientBody>,
+) -> Result<Option<HeaderValue>, ProxyError> {
     let limits = &gw.config.limits;
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len as u64 > limits.max_uri_length.0 {
@@ -289,7 +293,8 @@ fn check_request(gw: &Gateway, req: &Request<ClientBody>) -> Result<(), ProxyErr
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host; RFC 9113
 /// §8.3.1: an HTTP/2 `host` header must agree with `:authority`. Otherwise the
 /// host that routed the request and the one an upstream sees could differ.
-fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+/// The one Host field, if any.
+fn check_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
@@ -302,7 +307,7 @@ fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
         (Version::HTTP_2, Some(h), Some(a)) if h.as_bytes() != a.as_str().as_bytes() => {
             Err(ProxyError::new(ErrorKind::BadRequest).context("Host differs from :authority"))
         }
-        _ => Ok(()),
+        _ => Ok(first.cloned()),
     }
 }
 
@@ -313,15 +318,21 @@ fn flawed(flaw: Flaw) -> ProxyError {
     }
 }
 
+/// The route for `req`, whose Host field (already looked up) is `host_field`.
 fn find_route<'g>(
     gw: &'g Gateway,
     req: &Request<ClientBody>,
+    host_field: Option<&HeaderValue>,
     ctx: &mut RequestCtx,
 ) -> Result<&'g Route, ProxyError> {
     let router = gw
         .router(&ctx.conn.listener)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute).context("listener has no routes"))?;
-    let raw_host = request_host(req).unwrap_or("");
+    // As `request_host` has it: the URI's authority first.
+    let raw_host = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => host_field.and_then(|h| h.to_str().ok()).unwrap_or(""),
+    };
     let host = crate::routing::host_key(strip_port(raw_host));
     let host = host.as_ref();
     let found = router
@@ -353,5 +364,28 @@ pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    // A byte loop: short hosts do not repay `rsplit_once`'s searcher setup.
+    match host.bytes().rposition(|b| b == b':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn a_port_is_stripped_from_names_and_addresses() {
+        for (host, want) in [
+            ("example.com:8080", "example.com"),
+            ("example.com", "example.com"),
+            ("127.0.0.1:18080", "127.0.0.1"),
+            ("[::1]:443", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(host), want, "{host}");
+        }
+    }
 }
