@@ -113,11 +113,11 @@ pub fn recycle(mut map: HeaderMap) {
 pub struct HeadBuf(BytesMut);
 
 impl HeadBuf {
-    /// The head that `encode` writes, given room for `size` bytes.
-    pub fn encode(&mut self, size: usize, encode: impl FnOnce(&mut BytesMut)) -> Bytes {
-        // At least room for most heads, taken at the first one: a little
-        // more than one head needs, so that the next ones fit in it.
-        self.0.reserve(size.max(512));
+    /// The head that `encode` writes.
+    pub fn encode(&mut self, encode: impl FnOnce(&mut BytesMut)) -> Bytes {
+        // Room for most heads, not measured first: a longer one grows the
+        // room, which then serves the connection's next heads as they are.
+        self.0.reserve(512);
         encode(&mut self.0);
         self.0.split().freeze()
     }
@@ -166,15 +166,6 @@ impl ConnectionOptions {
         }
         found
     }
-}
-
-/// The room `headers` take encoded, plus `extra`.
-pub fn encoded_size(headers: &HeaderMap, extra: usize) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + extra
 }
 
 /// `n` in decimal, written into `buf`.
@@ -476,18 +467,23 @@ mod tests {
     #[test]
     fn a_head_let_go_of_lends_its_room_to_the_next() {
         let mut heads = HeadBuf::default();
-        let first = heads.encode(10, |o| o.extend_from_slice(b"first"));
+        let first = heads.encode(|o| o.extend_from_slice(b"first"));
         let room = first.as_ptr();
         drop(first);
-        let second = heads.encode(10, |o| o.extend_from_slice(b"second"));
+        let second = heads.encode(|o| o.extend_from_slice(b"second"));
         assert_eq!(second.as_ptr(), room, "the room was not used again");
         // A head still held is never written over.
-        let third = heads.encode(10, |o| o.extend_from_slice(b"third"));
+        let third = heads.encode(|o| o.extend_from_slice(b"third"));
         assert_eq!(&second[..], b"second");
         assert_eq!(&third[..], b"third");
-        let big = heads.encode(4096, |o| o.extend_from_slice(&[b'x'; 4096]));
+        let big = heads.encode(|o| o.extend_from_slice(&[b'x'; 4096]));
         assert_eq!(big.len(), 4096);
         assert_eq!(&second[..], b"second");
+        // The grown room serves the next heads once the big one is gone.
+        let room = big.as_ptr();
+        drop((big, second, third));
+        let next = heads.encode(|o| o.extend_from_slice(&[b'y'; 2048]));
+        assert_eq!(next.as_ptr(), room, "the grown room was not used again");
     }
 
     #[test]

@@ -387,7 +387,7 @@ fn encode_response(
         parts.headers.remove(header::TRAILER);
     }
     let headers = &parts.headers;
-    let head = heads.encode(http1::encoded_size(headers, 128), |out| {
+    let head = heads.encode(|out| {
         if status == StatusCode::OK {
             out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         } else {

@@ -795,8 +795,7 @@ fn encode_head(
     chunked: bool,
 ) -> Bytes {
     let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let size = http1::encoded_size(&head.headers, target.len() + 64);
-    heads.encode(size, |out| {
+    heads.encode(|out| {
         out.extend_from_slice(head.method.as_str().as_bytes());
         out.extend_from_slice(b" ");
         out.extend_from_slice(target.as_bytes());
