@@ -58,7 +58,7 @@ pub fn header_map(
     for &(n, nl, v, vl) in spans {
         let name = head
             .get(n as usize..(n + nl) as usize)
-            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .and_then(field_name)
             .ok_or("malformed header field name")?;
         let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
             .map_err(|_| "malformed header field value")?;
@@ -67,6 +67,24 @@ pub fn header_map(
         headers.append(name, value);
     }
     Ok((headers, notable))
+}
+
+/// A field's name. The names most heads carry, in their usual spellings,
+/// are found by a compare rather than `HeaderName::from_bytes`, which checks
+/// and lower-cases every byte before its own lookup.
+fn field_name(bytes: &[u8]) -> Option<HeaderName> {
+    Some(match bytes {
+        b"Host" | b"host" => header::HOST,
+        b"Date" | b"date" => header::DATE,
+        b"Server" | b"server" => header::SERVER,
+        b"Accept" | b"accept" => header::ACCEPT,
+        b"Cookie" | b"cookie" => header::COOKIE,
+        b"Connection" | b"connection" => header::CONNECTION,
+        b"User-Agent" | b"user-agent" => header::USER_AGENT,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+        _ => return HeaderName::from_bytes(bytes).ok(),
+    })
 }
 
 /// How many emptied maps a thread keeps for later messages.
@@ -464,6 +482,35 @@ mod tests {
     /// A body that ends with its frame is let go of (with the upstream
     /// connection it holds) before the frame is written, in one write with
     /// the head, in either framing.
+    #[test]
+    fn field_names_are_the_same_by_either_road() {
+        for name in [
+            "Host",
+            "host",
+            "HOST",
+            "Date",
+            "Server",
+            "Accept",
+            "Cookie",
+            "Connection",
+            "user-agent",
+            "Content-Type",
+            "content-length",
+            "Content-Length",
+            "X-Custom",
+            "x-forwarded-for",
+            "Accept-Encoding",
+        ] {
+            assert_eq!(
+                field_name(name.as_bytes()),
+                HeaderName::from_bytes(name.as_bytes()).ok(),
+                "{name}"
+            );
+        }
+        assert_eq!(field_name(b"bad name"), None);
+        assert_eq!(field_name(b""), None);
+    }
+
     #[test]
     fn a_head_let_go_of_lends_its_room_to_the_next() {
         let mut heads = HeadBuf::default();

@@ -397,12 +397,7 @@ fn encode_response(
             out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        http1::encode_fields(
-            out,
-            headers,
-            length,
-            matches!(framing, Framing::Chunked),
-        );
+        http1::encode_fields(out, headers, length, matches!(framing, Framing::Chunked));
         if *close && !connection.present {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -541,8 +536,7 @@ mod tests {
             let (mut parts, ()) = resp.into_parts();
             let mut close = false;
             let mut heads = http1::HeadBuf::default();
-            let (bytes, framing) =
-                encode_response(&mut heads, &mut parts, &body, head, &mut close);
+            let (bytes, framing) = encode_response(&mut heads, &mut parts, &body, head, &mut close);
             (String::from_utf8(bytes.to_vec()).unwrap(), framing)
         };
         let (text, framing) = encode(200, ResponseBody::full(Bytes::from_static(b"hi")), false);

@@ -783,7 +783,12 @@ fn request_writer(
     };
     let chunked = length.is_none() && !body.is_end_stream();
     let body = (!body.is_end_stream()).then_some(body);
-    Writer::new(encode_head(heads, head, length, chunked), body, chunked, true)
+    Writer::new(
+        encode_head(heads, head, length, chunked),
+        body,
+        chunked,
+        true,
+    )
 }
 
 /// The request line and header fields, with the framing this client

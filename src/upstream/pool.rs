@@ -25,8 +25,8 @@ use super::h1::{self, Io};
 use super::outlier::Outcome;
 use super::state::{Cap, Held};
 use crate::config::{BalanceConfig, PoolConfig, UpstreamProtocol};
-use crate::http1;
 use crate::error::{ErrorKind, ProxyError, Retry};
+use crate::http1;
 use crate::proxy::body::{BodyTooLarge, ClientFault, FaultSlot, IdleTimeout, RequestBody};
 
 /// A pooled HTTP/1.1 connection and what it holds for its life.
