@@ -148,10 +148,7 @@ pub fn encode_fields(out: &mut BytesMut, headers: &HeaderMap, length: Option<u64
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode_field(out, name, value);
     }
     if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
@@ -160,6 +157,14 @@ pub fn encode_fields(out: &mut BytesMut, headers: &HeaderMap, length: Option<u64
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
+}
+
+/// Appends one header field.
+pub fn encode_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What a message's `Connection` field says (RFC 9112 §9.3, §9.6).

@@ -417,6 +417,8 @@ routes:
     let addr = gw.addr("main");
     let req = Request::post("/to-h2?y=2")
         .header("host", "shop.example")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-request-id", "forged")
         .body(Full::new(Bytes::from_static(b"over h1")))
         .unwrap();
     let r = send(addr, req).await;
@@ -424,6 +426,14 @@ routes:
     assert_eq!(r.text(), "up");
     let seen = last(&up);
     assert_eq!(seen.version, Version::HTTP_2);
+    // The fields the gateway sets reach an HTTP/2 upstream too, in place
+    // of the client's.
+    assert_eq!(all(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(all(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(&seen, "x-forwarded-host"), ["shop.example"]);
+    let ids = all(&seen, "x-request-id");
+    assert!(ids.len() == 1 && is_hex_id(&ids[0]), "{ids:?}");
+    assert_eq!(all(&seen, "traceparent").len(), 1);
     assert_eq!(seen.uri.path_and_query().unwrap(), "/to-h2?y=2");
     assert_eq!(seen.uri.authority().unwrap(), "shop.example");
     assert_eq!(seen.body, "over h1");

@@ -13,8 +13,10 @@ use std::fmt;
 
 use http::header::{GetAll, HeaderMap, HeaderName, HeaderValue};
 
+use crate::proxy::headers::{Added, drop_field};
+
 /// The `traceparent` request header.
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The `tracestate` request header.
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
@@ -90,7 +92,7 @@ impl SpanContext {
     /// sent once, keeping the caller's sampling decision; otherwise starts a
     /// trace, sampled with probability `sample_ratio`.
     pub fn from_request(headers: &HeaderMap, sample_ratio: f64) -> Self {
-        let mut fields = headers.get_all(TRACEPARENT).iter();
+        let mut fields = headers.get_all(&TRACEPARENT).iter();
         let parent = match (fields.next(), fields.next()) {
             (Some(value), None) => parse_traceparent(value.as_bytes()),
             _ => None,
@@ -114,22 +116,15 @@ impl SpanContext {
     }
 
     /// Sets the upstream request's trace context: a `traceparent` (version
-    /// `00`) naming the gateway's span as the parent, and `tracestate` only
+    /// `00`, in `added`) naming the gateway's span as the parent, and `tracestate` only
     /// when the trace was continued and the combined list is valid (several
     /// fields are joined into one).
-    pub fn propagate(&self, headers: &mut HeaderMap) {
-        match HeaderValue::from_bytes(&self.traceparent()) {
-            Ok(value) => {
-                headers.insert(TRACEPARENT, value);
-            }
-            // Unreachable (the value is hex digits and dashes), but the
-            // caller's header must not pass in its place.
-            Err(_) => {
-                headers.remove(TRACEPARENT);
-            }
-        }
+    pub fn propagate(&self, headers: &mut HeaderMap, added: &mut Added<'_>) {
+        // The caller's never passes: the gateway's names its own span.
+        drop_field(headers, &TRACEPARENT);
+        added.traceparent = HeaderValue::from_bytes(&self.traceparent()).ok();
         if self.parent_id.is_none() {
-            crate::proxy::headers::drop_field(headers, &TRACESTATE);
+            drop_field(headers, &TRACESTATE);
             return;
         }
         let fields = headers.get_all(TRACESTATE);
@@ -315,6 +310,13 @@ fn hex_digit(c: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
+    /// The upstream request's fields once `ctx` is propagated through `h`.
+    fn propagate_into(ctx: &SpanContext, h: &mut HeaderMap) {
+        let mut added = Added::default();
+        ctx.propagate(h, &mut added);
+        added.append_to(h);
+    }
+
     const TRACE: &str = "12345678901234567890123456789012";
     const PARENT: &str = "1234567890123456";
 
@@ -495,8 +497,8 @@ mod tests {
         pairs.extend(fields.iter().map(|f| ("tracestate", *f)));
         let mut h = headers(&pairs);
         let ctx = SpanContext::from_request(&h, 1.0);
-        ctx.propagate(&mut h);
-        let tp = h.get(TRACEPARENT).unwrap().to_str().unwrap().to_owned();
+        propagate_into(&ctx, &mut h);
+        let tp = h.get(&TRACEPARENT).unwrap().to_str().unwrap().to_owned();
         assert_eq!(tp, format!("00-{TRACE}-{}-00", ctx.span_id));
         h.get_all(TRACESTATE)
             .iter()
@@ -592,9 +594,9 @@ mod tests {
         ] {
             let mut h = headers(pairs);
             let ctx = SpanContext::from_request(&h, 1.0);
-            ctx.propagate(&mut h);
+            propagate_into(&ctx, &mut h);
             assert!(h.get(TRACESTATE).is_none());
-            let tp = h.get(TRACEPARENT).unwrap().as_bytes();
+            let tp = h.get(&TRACEPARENT).unwrap().as_bytes();
             let again = parse_traceparent(tp).unwrap();
             assert_eq!(again.trace_id, ctx.trace_id);
             assert_eq!(again.parent_id, ctx.span_id);
@@ -606,8 +608,8 @@ mod tests {
     fn a_later_version_is_sent_on_as_00() {
         let mut h = headers(&[("traceparent", &format!("cc-{TRACE}-{PARENT}-03-extra"))]);
         let ctx = SpanContext::from_request(&h, 0.0);
-        ctx.propagate(&mut h);
-        let tp = h.get(TRACEPARENT).unwrap().to_str().unwrap();
+        propagate_into(&ctx, &mut h);
+        let tp = h.get(&TRACEPARENT).unwrap().to_str().unwrap();
         assert_eq!(tp, format!("00-{TRACE}-{}-01", ctx.span_id));
     }
 

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{ClientBody, Replayable, RequestBody, ResponseBody};
-use super::headers::{drop_field, list_elements, remove_hop_by_hop, set_forwarded};
+use super::headers::{Added, drop_field, list_elements, remove_hop_by_hop, set_forwarded};
 use super::retry::{self, RetryPolicy};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
@@ -68,16 +68,14 @@ pub async fn forward(
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
-    // Room for what is added below (X-Forwarded-*, Forwarded, the request
-    // id, trace context, Host) in one growth rather than several.
-    headers.reserve(7);
     let stripped = remove_hop_by_hop(headers, upgrading && !h2);
     // The client's Host goes upstream as it is, unless a hop-by-hop
     // removal took it (`Connection: host`).
     let keep_host = host_is_clients && !stripped;
-    // After the hop-by-hop removal: a client's `Connection: traceparent`
-    // must not strip the gateway's own.
-    ctx.trace.propagate(headers);
+    // The fields the gateway sets (trace context, X-Forwarded-*, Forwarded,
+    // the request id) go beside the map, the client's copies out of it.
+    let mut added = Added::default();
+    ctx.trace.propagate(headers, &mut added);
     drop_field(headers, &header::EXPECT);
     set_forwarded(
         headers,
@@ -87,8 +85,10 @@ pub async fn forward(
         client_host.as_ref(),
         &gw.trusted_proxies,
         gw.forwarded_header,
+        &mut added,
     );
-    headers.insert(gw.request_id_header.clone(), ctx.request_id.clone());
+    drop_field(headers, &gw.request_id_header);
+    added.request_id = Some((&gw.request_id_header, ctx.request_id.clone()));
     let pq = parts
         .uri
         .path_and_query()
@@ -155,6 +155,7 @@ pub async fn forward(
             worker,
             endpoint,
             Request::from_parts(parts, attempt_body),
+            &added,
             measured.started(),
             limit,
         )

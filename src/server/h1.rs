@@ -36,9 +36,9 @@ const MAX_FIELDS: usize = 64;
 /// Largest head the fast path takes, whatever the configured limit (larger:
 /// hyper's, which also refuses request targets over 64 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Fields forwarding adds to a request (X-Forwarded-*, Forwarded, the
-/// request id, trace context, Host): room is made when the map is built.
-const ADDED_UPSTREAM: usize = 7;
+/// Fields forwarding may add to a request's map (Host, a joined
+/// `tracestate`; the rest goes beside it): room is made when it is built.
+const ADDED_UPSTREAM: usize = 2;
 /// Read size for request heads.
 const READ_SIZE: usize = 8 * 1024;
 

@@ -21,7 +21,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::http1;
 use crate::proxy::body::{BoxError, RequestBody};
-use crate::proxy::headers::list_elements;
+use crate::proxy::headers::{Added, list_elements};
 
 /// Fields the gateway may add to a response (the request id, HSTS, rate
 /// limit headers): room is made when the map is built.
@@ -181,10 +181,11 @@ impl Conn {
     pub async fn send(
         &mut self,
         head: &http::request::Parts,
+        added: &Added<'_>,
         body: RequestBody,
         until: Instant,
     ) -> Result<(http::response::Parts, Decoder), Error> {
-        let mut writer = Some(request_writer(&mut self.heads, head, body));
+        let mut writer = Some(request_writer(&mut self.heads, head, added, body));
         let mut interim = 0;
         let mut received = false;
         let (parts, state) = std::future::poll_fn(|cx| {
@@ -771,6 +772,7 @@ type Writer = http1::Writer<RequestBody>;
 fn request_writer(
     heads: &mut http1::HeadBuf,
     head: &http::request::Parts,
+    added: &Added<'_>,
     body: RequestBody,
 ) -> Writer {
     let length = if body.is_end_stream() {
@@ -784,7 +786,7 @@ fn request_writer(
     let chunked = length.is_none() && !body.is_end_stream();
     let body = (!body.is_end_stream()).then_some(body);
     Writer::new(
-        encode_head(heads, head, length, chunked),
+        encode_head(heads, head, added, length, chunked),
         body,
         chunked,
         true,
@@ -796,6 +798,7 @@ fn request_writer(
 fn encode_head(
     heads: &mut http1::HeadBuf,
     head: &http::request::Parts,
+    added: &Added<'_>,
     length: Option<u64>,
     chunked: bool,
 ) -> Bytes {
@@ -806,6 +809,9 @@ fn encode_head(
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         http1::encode_fields(out, &head.headers, length, chunked);
+        for (name, value) in added.iter() {
+            http1::encode_field(out, name, value);
+        }
         out.extend_from_slice(b"\r\n");
     })
 }

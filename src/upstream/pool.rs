@@ -28,6 +28,7 @@ use crate::config::{BalanceConfig, PoolConfig, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::http1;
 use crate::proxy::body::{BodyTooLarge, ClientFault, FaultSlot, IdleTimeout, RequestBody};
+use crate::proxy::headers::Added;
 
 /// A pooled HTTP/1.1 connection and what it holds for its life.
 pub struct Idle {
@@ -331,6 +332,7 @@ pub async fn send(
     worker: usize,
     endpoint: usize,
     req: Request<RequestBody>,
+    added: &Added<'_>,
     started: Instant,
     limit: Duration,
 ) -> Result<Sent, ProxyError> {
@@ -367,7 +369,7 @@ pub async fn send(
                 while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0, now) {
                     let body = body.take().unwrap_or_else(RequestBody::empty);
                     let until = *due.get_or_insert(now + limit);
-                    match c.conn.send(&head, body, until).await {
+                    match c.conn.send(&head, added, body, until).await {
                         Ok((parts, decoder)) => {
                             http1::recycle(head.headers);
                             let response = Response::from_parts(parts, UpstreamBody::H1(decoder));
@@ -420,7 +422,11 @@ pub async fn send(
             });
             let body = body.take().unwrap_or_else(RequestBody::empty);
             let until = *due.get_or_insert_with(|| Instant::now() + limit);
-            let (parts, decoder) = c.conn.send(&head, body, until).await.map_err(h1_failed)?;
+            let (parts, decoder) = c
+                .conn
+                .send(&head, added, body, until)
+                .await
+                .map_err(h1_failed)?;
             http1::recycle(head.headers);
             let response = Response::from_parts(parts, UpstreamBody::H1(decoder));
             lease.conn = Some(c);
@@ -433,6 +439,8 @@ pub async fn send(
         UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             // Boxed: hyper's HTTP/2 client futures would otherwise weigh on
             // every HTTP/1.1 request's future, copied at each `.await`.
+            let mut req = req;
+            added.append_to(req.headers_mut());
             Box::pin(exchange_h2(upstream, pool, lease, req, limit)).await
         }
     }
