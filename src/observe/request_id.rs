@@ -7,13 +7,8 @@ const MAX_INCOMING_LEN: usize = 128;
 
 /// A new random id: 32 lowercase hex digits.
 pub fn generate() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut out = [0u8; 32];
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
+    crate::observe::trace::encode_hex(&fastrand::u128(..).to_be_bytes(), &mut out);
     // 32 ASCII hex digits are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }

@@ -37,13 +37,15 @@ pub struct SpanId(pub [u8; 8]);
 
 impl TraceId {
     fn random() -> Self {
-        Self(fastrand::u128(1..).to_be_bytes())
+        // Never zero (an invalid id); a full-range draw is cheaper than a
+        // draw from `1..`, and zero comes once in 2^128.
+        Self(fastrand::u128(..).max(1).to_be_bytes())
     }
 }
 
 impl SpanId {
     fn random() -> Self {
-        Self(fastrand::u64(1..).to_be_bytes())
+        Self(fastrand::u64(..).max(1).to_be_bytes())
     }
 }
 
@@ -278,7 +280,8 @@ fn trim_ows(s: &[u8]) -> &[u8] {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn encode_hex(bytes: &[u8], out: &mut [u8]) {
+/// Lowercase hex of `bytes` into `out`, which is twice as long.
+pub(crate) fn encode_hex(bytes: &[u8], out: &mut [u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 0x0f)];
