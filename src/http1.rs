@@ -124,6 +124,9 @@ pub fn recycle(mut map: HeaderMap) {
     });
 }
 
+/// The most room [`HeadBuf`] keeps between heads.
+const HEAD_ROOM_KEPT: usize = 4096;
+
 /// A connection's room for the heads it writes. Each head is split off it;
 /// once that head is written and let go, its room serves the next one, so
 /// that a head costs no allocation.
@@ -137,7 +140,14 @@ impl HeadBuf {
         // room, which then serves the connection's next heads as they are.
         self.0.reserve(512);
         encode(&mut self.0);
-        self.0.split().freeze()
+        let room = self.0.len() + self.0.capacity();
+        let head = self.0.split().freeze();
+        if room > HEAD_ROOM_KEPT {
+            // Let go of with the head: one large head must not weigh on a
+            // connection for the rest of its life.
+            self.0 = BytesMut::new();
+        }
+        head
     }
 }
 
@@ -484,9 +494,6 @@ mod tests {
         }
     }
 
-    /// A body that ends with its frame is let go of (with the upstream
-    /// connection it holds) before the frame is written, in one write with
-    /// the head, in either framing.
     #[test]
     fn field_names_are_the_same_by_either_road() {
         for name in [
@@ -528,16 +535,24 @@ mod tests {
         let third = heads.encode(|o| o.extend_from_slice(b"third"));
         assert_eq!(&second[..], b"second");
         assert_eq!(&third[..], b"third");
-        let big = heads.encode(|o| o.extend_from_slice(&[b'x'; 4096]));
-        assert_eq!(big.len(), 4096);
+        let longer = heads.encode(|o| o.extend_from_slice(&[b'x'; 1500]));
+        assert_eq!(longer.len(), 1500);
         assert_eq!(&second[..], b"second");
-        // The grown room serves the next heads once the big one is gone.
-        let room = big.as_ptr();
-        drop((big, second, third));
-        let next = heads.encode(|o| o.extend_from_slice(&[b'y'; 2048]));
+        // The grown room serves the next heads once the longer one is gone.
+        let room = longer.as_ptr();
+        drop((longer, second, third));
+        let next = heads.encode(|o| o.extend_from_slice(&[b'y'; 1200]));
         assert_eq!(next.as_ptr(), room, "the grown room was not used again");
+        // A head over the kept room takes its room with it.
+        let big = heads.encode(|o| o.extend_from_slice(&[b'z'; 3 * HEAD_ROOM_KEPT]));
+        assert_eq!(big.len(), 3 * HEAD_ROOM_KEPT);
+        assert_eq!(heads.0.capacity(), 0, "a large head's room was kept");
+        assert_eq!(&next[..], &[b'y'; 1200][..]);
     }
 
+    /// A body that ends with its frame is let go of (with the upstream
+    /// connection it holds) before the frame is written, in one write with
+    /// the head, in either framing.
     #[test]
     fn a_body_is_let_go_of_before_its_last_frame_is_written() {
         for (chunked, wire) in [

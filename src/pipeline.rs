@@ -328,11 +328,7 @@ fn find_route<'g>(
     let router = gw
         .router(&ctx.conn.listener)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute).context("listener has no routes"))?;
-    // As `request_host` has it: the URI's authority first.
-    let raw_host = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => host_field.and_then(|h| h.to_str().ok()).unwrap_or(""),
-    };
+    let raw_host = authority_or(req, || host_field).unwrap_or("");
     let host = crate::routing::host_key(strip_port(raw_host));
     let host = host.as_ref();
     let found = router
@@ -352,11 +348,18 @@ fn find_route<'g>(
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or `Host`.
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+    authority_or(req, || req.headers().get(header::HOST))
+}
+
+/// The URI authority, or else the Host field that `host` finds.
+fn authority_or<'a, B>(
+    req: &'a Request<B>,
+    host: impl FnOnce() -> Option<&'a HeaderValue>,
+) -> Option<&'a str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host().and_then(|h| h.to_str().ok()))
 }
 
 /// `host` without its `:port`, if any.

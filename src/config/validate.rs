@@ -42,6 +42,27 @@ const FRAMING_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
+/// Names `request_id.header` may not take: framing, hop-by-hop, Host, and
+/// the fields forwarding sets (X-Forwarded-*, Forwarded, trace context).
+const RESERVED_ID_NAMES: [&str; 16] = [
+    "connection",
+    "content-length",
+    "expect",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "traceparent",
+    "tracestate",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
 /// Most attempts a retry policy may make.
 const MAX_ATTEMPTS: u32 = 10;
 /// Largest replay buffer: each retried request may hold this much.
@@ -139,11 +160,19 @@ impl Validator<'_> {
                 "`access_log.target` must be `stdout`, `stderr` or a file path, not empty".into(),
             );
         }
-        if let Err(e) = HeaderName::from_bytes(cfg.request_id.header.as_bytes()) {
-            self.nowhere(format!(
+        match HeaderName::from_bytes(cfg.request_id.header.as_bytes()) {
+            Err(e) => self.nowhere(format!(
                 "`request_id.header` `{}` is not a valid header name: {e}",
                 cfg.request_id.header
-            ));
+            )),
+            // The id is written beside the fields forwarding sets and the
+            // framing: a name of theirs would send two of a kind upstream.
+            Ok(name) if RESERVED_ID_NAMES.contains(&name.as_str()) => self.nowhere(format!(
+                "`request_id.header` `{}` is a field the gateway sets or removes itself; \
+                 choose another name",
+                cfg.request_id.header
+            )),
+            Ok(_) => {}
         }
         for proxy in &cfg.forwarding.trusted_proxies {
             let s = proxy.value.trim();
@@ -1398,6 +1427,15 @@ routes:
         let text = format!("access_log: {{ buffer: {} }}\n{BASE}", usize::MAX);
         one(&text, 0, "`access_log.buffer` must be at most");
         let text = format!("access_log: {{ buffer: 1000000 }}\n{BASE}");
+        assert!(errors(&text).is_empty(), "{:?}", errors(&text));
+        for taken in ["Host", "content-length", "X-Forwarded-For", "traceparent"] {
+            one(
+                &format!("request_id: {{ header: {taken} }}\n{BASE}"),
+                0,
+                "is a field the gateway sets or removes itself",
+            );
+        }
+        let text = format!("request_id: {{ header: x-correlation-id }}\n{BASE}");
         assert!(errors(&text).is_empty(), "{:?}", errors(&text));
         let text = format!("workers: 1025\n{BASE}");
         one(&text, 0, "between 1 and 1024, got 1025");

@@ -18,7 +18,7 @@ use crate::proxy::headers::{Added, drop_field};
 /// The `traceparent` request header.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The `tracestate` request header.
-pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Length of a version `00` `traceparent`, and the shortest one of any version.
 const TRACEPARENT_LEN: usize = 55;
@@ -129,19 +129,19 @@ impl SpanContext {
             drop_field(headers, &TRACESTATE);
             return;
         }
-        let fields = headers.get_all(TRACESTATE);
+        let fields = headers.get_all(&TRACESTATE);
         let several = fields.iter().nth(1).is_some();
         match members(fields) {
             Some(0) | None => {
-                headers.remove(TRACESTATE);
+                headers.remove(&TRACESTATE);
             }
             Some(_) if several => {
-                match HeaderValue::from_bytes(&joined(headers.get_all(TRACESTATE))) {
+                match HeaderValue::from_bytes(&joined(headers.get_all(&TRACESTATE))) {
                     Ok(value) => {
-                        headers.insert(TRACESTATE, value);
+                        headers.insert(&TRACESTATE, value);
                     }
                     Err(_) => {
-                        headers.remove(TRACESTATE);
+                        headers.remove(&TRACESTATE);
                     }
                 }
             }
@@ -503,7 +503,7 @@ mod tests {
         propagate_into(&ctx, &mut h);
         let tp = h.get(&TRACEPARENT).unwrap().to_str().unwrap().to_owned();
         assert_eq!(tp, format!("00-{TRACE}-{}-00", ctx.span_id));
-        h.get_all(TRACESTATE)
+        h.get_all(&TRACESTATE)
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect()
@@ -598,7 +598,7 @@ mod tests {
             let mut h = headers(pairs);
             let ctx = SpanContext::from_request(&h, 1.0);
             propagate_into(&ctx, &mut h);
-            assert!(h.get(TRACESTATE).is_none());
+            assert!(h.get(&TRACESTATE).is_none());
             let tp = h.get(&TRACEPARENT).unwrap().as_bytes();
             let again = parse_traceparent(tp).unwrap();
             assert_eq!(again.trace_id, ctx.trace_id);

@@ -51,20 +51,17 @@ pub async fn forward(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
-    // `None`: the endpoint's address, known once one is picked.
-    let host = match (&ctx.upstream_host, &upstream.config.host) {
-        (Some(h), _) => Some(h.clone()),
-        (None, HostHeader::Preserve) => client_host.clone(),
-        (None, HostHeader::Endpoint) => None,
-        (None, HostHeader::Fixed(_)) => upstream.fixed_host.clone(),
+    // `None`: the endpoint's address, known once one is picked. Whether it
+    // is the client's own Host field, which can then stay as it is.
+    let (host, host_is_clients) = match (&ctx.upstream_host, &upstream.config.host) {
+        (Some(h), _) => (Some(h.clone()), false),
+        (None, HostHeader::Preserve) => (
+            client_host.clone(),
+            client_host.is_some() && req.uri().authority().is_none(),
+        ),
+        (None, HostHeader::Endpoint) => (None, false),
+        (None, HostHeader::Fixed(_)) => (upstream.fixed_host.clone(), false),
     };
-
-    let host_is_clients = req.uri().authority().is_none()
-        && client_host.is_some()
-        && matches!(
-            (&ctx.upstream_host, &upstream.config.host),
-            (None, HostHeader::Preserve)
-        );
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -319,10 +316,10 @@ fn address(
     Ok(())
 }
 
-/// An HTTP/1.1 request asking to switch protocols (RFC 9110 §7.8).
+/// Whether an HTTP/1.1 request that carries `Upgrade`
+/// ([`RequestCtx::upgrade_asked`]) asks to switch protocols (RFC 9110 §7.8).
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
         && list_elements(req.headers(), header::CONNECTION)
             .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }

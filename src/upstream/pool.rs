@@ -365,7 +365,7 @@ pub async fn send(
                 // Registered before looking, so a connection returned between
                 // the look and the wait still wakes this request.
                 let returned = pool.returned.notified();
-                let now = first.take().unwrap_or_else(Instant::now);
+                let mut now = first.take().unwrap_or_else(Instant::now);
                 while let Some(mut c) = pool.take_idle(upstream.config.pool.idle_timeout.0, now) {
                     let body = body.take().unwrap_or_else(RequestBody::empty);
                     let until = *due.get_or_insert(now + limit);
@@ -382,7 +382,12 @@ pub async fn send(
                                 addr,
                             });
                         }
-                        Err(h1::Error::Closed(_)) if resend => resend = false,
+                        Err(h1::Error::Closed(_)) if resend => {
+                            resend = false;
+                            // The failed exchange took time: the next look
+                            // judges idle ages as of now.
+                            now = Instant::now();
+                        }
                         Err(e) => return Err(h1_failed(e)),
                     }
                 }
