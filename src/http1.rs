@@ -524,6 +524,20 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_map_comes_back_empty() {
+        let head = Bytes::from_static(b"X-Old: 1\r\nHost: a\r\n");
+        let (map, _) = header_map(&head, &[(0, 5, 7, 1), (10, 4, 16, 1)], 0).unwrap();
+        assert_eq!(map.len(), 2);
+        recycle(map);
+        let head = Bytes::from_static(b"Host: b\r\n");
+        let (map, notable) = header_map(&head, &[(0, 4, 6, 1)], 4).unwrap();
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["host"], "b");
+        assert!(map.get("x-old").is_none());
+        assert!(!notable.connection && !notable.transfer_encoding);
+    }
+
+    #[test]
     fn a_head_let_go_of_lends_its_room_to_the_next() {
         let mut heads = HeadBuf::default();
         let first = heads.encode(|o| o.extend_from_slice(b"first"));

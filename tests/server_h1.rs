@@ -34,7 +34,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use support::Gateway;
-use support::h1::{LIMIT, gateway};
+use support::h1::{LIMIT, gateway, gateway_with_limits};
 use support::raw::{self, Action, find};
 use support::upstream::{self, Seen};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,11 +70,7 @@ impl Resp {
     }
 
     fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        raw::values(&self.headers, name)
     }
 
     fn text(&self) -> String {
@@ -351,23 +347,6 @@ async fn echo_upstream() -> upstream::Upstream {
             .unwrap()
     })
     .await
-}
-
-/// A gateway with `limits` (a YAML map) in front of `up` for every path.
-fn gateway_with_limits(up: SocketAddr, limits: &str) -> (Gateway, SocketAddr) {
-    let mut gw = Gateway::start(&format!(
-        r#"
-workers: 1
-limits: {limits}
-listeners: [{{ name: main, address: "127.0.0.1:0" }}]
-upstreams:
-  u: {{ endpoints: ["{up}"], timeouts: {{ request: 5s }} }}
-routes:
-  - {{ name: all, match: {{ prefix: / }}, upstream: u }}
-"#
-    ));
-    let addr = gw.addr("main");
-    (gw, addr)
 }
 
 /// A body of unknown length: `pieces`, each after a pause, then `trailers`.

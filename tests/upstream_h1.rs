@@ -49,11 +49,7 @@ struct Seen {
 impl Seen {
     /// Every value of header `name`, one per field line.
     fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        raw::values(&self.headers, name)
     }
 
     fn chunked(&self) -> bool {

@@ -42,22 +42,15 @@ const FRAMING_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
-/// Names `request_id.header` may not take: framing, hop-by-hop, Host, and
-/// the fields forwarding sets (X-Forwarded-*, Forwarded, trace context).
-const RESERVED_ID_NAMES: [&str; 16] = [
-    "connection",
-    "content-length",
+/// Names `request_id.header` may not take besides [`FRAMING_HEADERS`]: Host,
+/// `Expect`, and the fields forwarding sets (X-Forwarded-*, Forwarded, trace
+/// context).
+const FORWARDING_HEADERS: [&str; 8] = [
     "expect",
     "forwarded",
     "host",
-    "keep-alive",
-    "proxy-connection",
-    "te",
     "traceparent",
     "tracestate",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -167,11 +160,16 @@ impl Validator<'_> {
             )),
             // The id is written beside the fields forwarding sets and the
             // framing: a name of theirs would send two of a kind upstream.
-            Ok(name) if RESERVED_ID_NAMES.contains(&name.as_str()) => self.nowhere(format!(
-                "`request_id.header` `{}` is a field the gateway sets or removes itself; \
-                 choose another name",
-                cfg.request_id.header
-            )),
+            Ok(name)
+                if FRAMING_HEADERS.contains(&name.as_str())
+                    || FORWARDING_HEADERS.contains(&name.as_str()) =>
+            {
+                self.nowhere(format!(
+                    "`request_id.header` `{}` is a field the gateway sets or removes itself; \
+                     choose another name",
+                    cfg.request_id.header
+                ));
+            }
             Ok(_) => {}
         }
         for proxy in &cfg.forwarding.trusted_proxies {

@@ -15,9 +15,15 @@ pub const LIMIT: Duration = Duration::from_secs(10);
 
 /// One worker proxying every path to `upstream`.
 pub fn gateway(upstream: SocketAddr) -> (Gateway, SocketAddr) {
+    gateway_with_limits(upstream, "{}")
+}
+
+/// [`gateway`] with `limits` (a YAML map).
+pub fn gateway_with_limits(upstream: SocketAddr, limits: &str) -> (Gateway, SocketAddr) {
     let mut gw = Gateway::start(&format!(
         r#"
 workers: 1
+limits: {limits}
 listeners: [{{ name: main, address: "127.0.0.1:0" }}]
 upstreams:
   u: {{ endpoints: ["{upstream}"], timeouts: {{ request: 5s }} }}

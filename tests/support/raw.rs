@@ -50,6 +50,15 @@ impl RawResponse {
     }
 }
 
+/// Every value of header `name` (lowercase) among `headers`, in order.
+pub fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 /// Reads until `buf` holds `\r\n\r\n`; returns the head length, or None at EOF.
 async fn fill_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
     loop {
