@@ -6,11 +6,12 @@
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body::{Body, Frame};
+use smallvec::SmallVec;
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
@@ -20,18 +21,26 @@ use crate::proxy::headers::list_elements;
 /// Where a field's name and value lie in a head: offsets and lengths.
 pub type Span = (u32, u32, u32, u32);
 
+/// Most header fields in a request head that the server's fast path takes
+/// (more: hyper's).
+pub const MAX_PLAIN_FIELDS: usize = 64;
+
+/// The spans of a head's fields: inline up to [`MAX_PLAIN_FIELDS`] (an
+/// upstream's head may have more, kept on the heap), never zeroed first
+/// (filling a fixed array cost more than the spans themselves).
+pub type Spans = SmallVec<[Span; MAX_PLAIN_FIELDS]>;
+
 /// The spans of `fields`, parsed out of `base` (a head of at most 4 GiB).
-pub fn spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) -> usize {
+pub fn spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut Spans) {
     let start = base.as_ptr() as usize;
-    for (span, f) in out.iter_mut().zip(fields) {
-        *span = (
+    out.extend(fields.iter().map(|f| {
+        (
             (f.name.as_ptr() as usize - start) as u32,
             f.name.len() as u32,
             (f.value.as_ptr() as usize - start) as u32,
             f.value.len() as u32,
-        );
-    }
-    fields.len().min(out.len())
+        )
+    }));
 }
 
 /// Which of the fields that decide a message's framing and its connection's
@@ -220,20 +229,46 @@ pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[derive(Default)]
 pub struct Deadline {
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The waker the timer last registered, when kept ([`Deadline::in_task`]).
+    waker: Option<Waker>,
+    /// Whether the deadline stays with one task and keeps its waker.
+    in_task: bool,
 }
 
 impl Deadline {
+    /// A deadline that stays with the task that owns it (a client
+    /// connection's): while it is armed for that task, no later than asked,
+    /// a wait costs no timer poll. (An upstream connection moves between
+    /// tasks, and must not keep one alive from a pool.)
+    pub fn in_task() -> Self {
+        Self {
+            in_task: true,
+            ..Self::default()
+        }
+    }
+
     /// Whether `at` has passed; otherwise the task wakes when it does (or
     /// before, harmlessly).
     pub fn poll_passed(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        // Armed for this task, no later than `at`, and not fired: nothing
+        // to do (polling it again would only register the same waker).
+        if sleep.deadline() <= at
+            && !sleep.is_elapsed()
+            && self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return false;
+        }
         loop {
             if sleep.deadline() > at {
                 sleep.as_mut().reset(at);
             }
             if sleep.as_mut().poll(cx).is_pending() {
+                if self.in_task && !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    self.waker = Some(cx.waker().clone());
+                }
                 return false;
             }
             if Instant::now() >= at {
@@ -428,6 +463,36 @@ mod tests {
     use std::task::Waker;
 
     use super::*;
+
+    /// A deadline kept armed at an earlier time while later ones are asked
+    /// for still wakes its task, and answers for the deadline asked.
+    #[tokio::test]
+    async fn a_deadline_kept_armed_wakes_its_task_for_later_ones() {
+        use std::time::Duration;
+        for mut deadline in [Deadline::in_task(), Deadline::default()] {
+            let start = Instant::now();
+            let first = start + Duration::from_millis(30);
+            let later = start + Duration::from_millis(90);
+            std::future::poll_fn(|cx| {
+                assert!(!deadline.poll_passed(first, cx));
+                Poll::Ready(())
+            })
+            .await;
+            let waited = tokio::time::timeout(
+                Duration::from_secs(10),
+                std::future::poll_fn(|cx| {
+                    if deadline.poll_passed(later, cx) {
+                        Poll::Ready(Instant::now())
+                    } else {
+                        Poll::Pending
+                    }
+                }),
+            )
+            .await;
+            let passed_at = waited.expect("the task was never woken");
+            assert!(passed_at >= later);
+        }
+    }
 
     /// One data frame; records when it is dropped.
     struct Once(Option<Bytes>, Arc<AtomicBool>);

@@ -26,6 +26,7 @@ use crate::observe::trace::SpanContext;
 use crate::observe::{Exchange, request_id};
 use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::forward;
+use crate::proxy::headers::{Field, Present};
 use crate::routing::normalize::normalize_uri;
 use crate::routing::{Params, RouteRequest};
 use crate::server::h1_guard::Flaw;
@@ -95,15 +96,15 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let method = MethodClass::of(req.method());
-    let incoming_id = gw
-        .trust_request_id
+    let present = Present::scan(req.headers(), &gw.request_id_header);
+    let incoming_id = (gw.trust_request_id && present.has(Field::RequestId))
         .then(|| req.headers().get(&gw.request_id_header))
         .flatten();
     let request_id = match incoming_id {
         Some(v) if request_id::accept_incoming(v) => v.clone(),
         _ => request_id::generate(),
     };
-    let trace = SpanContext::from_request(req.headers(), gw.config.tracing.sample_ratio);
+    let trace = SpanContext::from_request(req.headers(), present, gw.config.tracing.sample_ratio);
     let spans = gw.spans.as_ref().filter(|_| trace.sampled).cloned();
     let mut exchange = Exchange::new(gw.access_log.clone(), spans, started);
     let client_ip = gw.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
@@ -126,10 +127,15 @@ pub async fn handle(
         identity: None,
         response_headers: None,
         held: crate::ratelimit::Held::default(),
-        upgrade_asked: req.headers().contains_key(header::UPGRADE),
+        upgrade_asked: present.has(Field::Upgrade),
     };
 
-    let error_style = ErrorStyle::of(req.headers());
+    // Only a request with a `Content-Type` can be gRPC.
+    let error_style = if present.has(Field::ContentType) {
+        ErrorStyle::of(req.headers())
+    } else {
+        ErrorStyle::Problem
+    };
     let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
     // The guard stops following the framing after a head that asks to switch
     // protocols; if the switch does not happen, the connection must not carry
@@ -231,10 +237,10 @@ async fn route_and_run(
     }
     match &route.action {
         Action::Proxy { upstream, retry } => {
-            // Boxed: held inline, forwarding's state would make every
-            // enclosing future several KiB, copied whole at each `.await`
-            // that starts it and again into hyper's dispatcher.
-            Box::pin(forward::forward(gw, upstream, retry.as_ref(), req, ctx)).await
+            // Not boxed: a large future allocated per request takes
+            // mimalloc's slow path; the request's future is pinned in place
+            // by the fast path and boxed once for hyper (`server::conn`).
+            forward::forward(gw, upstream, retry.as_ref(), req, ctx).await
         }
         Action::Respond {
             status,

@@ -197,6 +197,19 @@ async fn forwarded_headers_from_a_trusted_peer_are_appended() {
         all(&seen, "forwarded"),
         ["for=127.0.0.1;proto=http;host=\"shop.example\""]
     );
+
+    // Fields that `Connection` names are the last hop's own: gone before
+    // the trusted values are looked for, so the gateway sets its own.
+    let mut req = spoofing("/named");
+    req.headers_mut().insert(
+        "connection",
+        "x-forwarded-proto, x-forwarded-host".parse().unwrap(),
+    );
+    send(addr, req).await;
+    let seen = last(&up);
+    assert_eq!(all(&seen, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+    assert_eq!(all(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(&seen, "x-forwarded-host"), ["shop.example"]);
 }
 
 #[tokio::test]

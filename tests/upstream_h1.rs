@@ -386,6 +386,28 @@ async fn content_length_body_is_relayed_exactly_and_the_connection_reused() {
     assert_eq!(up.accepted(), 1);
 }
 
+/// A head with more fields than a request on the fast path may have (their
+/// places are kept inline up to 64, on the heap past that) passes whole.
+#[tokio::test]
+async fn a_response_with_many_fields_passes_them_all() {
+    let fields: String = (0..100)
+        .map(|i| format!("\r\nx-field-{i}: value {i}"))
+        .collect();
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: 4{fields}");
+    let up = upstream(move |_| Answer::KeepOpen(response(&head, b"many"))).await;
+    let (_gw, addr) = gateway(up.addr);
+    let r = Client::connect(addr).await.get("/many").await;
+    assert_body(&r, b"many");
+    for i in 0..100 {
+        let name = format!("x-field-{i}");
+        assert_eq!(
+            raw::values(&r.headers, &name),
+            [format!("value {i}")],
+            "{name}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn chunked_body_with_extensions_is_decoded_and_the_connection_reused() {
     let up = upstream(|req| match req.path.as_str() {

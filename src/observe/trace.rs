@@ -13,7 +13,7 @@ use std::fmt;
 
 use http::header::{GetAll, HeaderMap, HeaderName, HeaderValue};
 
-use crate::proxy::headers::{Added, drop_field};
+use crate::proxy::headers::{Added, Field, Present};
 
 /// The `traceparent` request header.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -93,10 +93,14 @@ impl SpanContext {
     /// Continues the trace of the request's `traceparent` when it is valid and
     /// sent once, keeping the caller's sampling decision; otherwise starts a
     /// trace, sampled with probability `sample_ratio`.
-    pub fn from_request(headers: &HeaderMap, sample_ratio: f64) -> Self {
-        let mut fields = headers.get_all(&TRACEPARENT).iter();
-        let parent = match (fields.next(), fields.next()) {
-            (Some(value), None) => parse_traceparent(value.as_bytes()),
+    pub fn from_request(headers: &HeaderMap, present: Present, sample_ratio: f64) -> Self {
+        // Only one field may carry it: none, or several, start a new trace.
+        let sole = present.has(Field::Traceparent).then(|| {
+            let mut fields = headers.get_all(&TRACEPARENT).iter();
+            (fields.next(), fields.next())
+        });
+        let parent = match sole {
+            Some((Some(value), None)) => parse_traceparent(value.as_bytes()),
             _ => None,
         };
         let span_id = SpanId::random();
@@ -121,12 +125,12 @@ impl SpanContext {
     /// `00`, in `added`) naming the gateway's span as the parent, and `tracestate` only
     /// when the trace was continued and the combined list is valid (several
     /// fields are joined into one).
-    pub fn propagate(&self, headers: &mut HeaderMap, added: &mut Added<'_>) {
+    pub fn propagate(&self, headers: &mut HeaderMap, present: Present, added: &mut Added<'_>) {
         // The caller's never passes: the gateway's names its own span.
-        drop_field(headers, &TRACEPARENT);
+        present.remove(headers, Field::Traceparent, &TRACEPARENT);
         added.traceparent = HeaderValue::from_bytes(&self.traceparent()).ok();
-        if self.parent_id.is_none() {
-            drop_field(headers, &TRACESTATE);
+        if self.parent_id.is_none() || !present.has(Field::Tracestate) {
+            present.remove(headers, Field::Tracestate, &TRACESTATE);
             return;
         }
         let fields = headers.get_all(&TRACESTATE);
@@ -316,7 +320,8 @@ mod tests {
     /// The upstream request's fields once `ctx` is propagated through `h`.
     fn propagate_into(ctx: &SpanContext, h: &mut HeaderMap) {
         let mut added = Added::default();
-        ctx.propagate(h, &mut added);
+        let present = Present::of(h);
+        ctx.propagate(h, present, &mut added);
         added.append_to(h);
     }
 
@@ -436,7 +441,7 @@ mod tests {
     #[test]
     fn a_valid_traceparent_is_continued() {
         let h = headers(&[("traceparent", &format!("00-{TRACE}-{PARENT}-01"))]);
-        let ctx = SpanContext::from_request(&h, 0.0);
+        let ctx = SpanContext::from_request(&h, Present::of(&h), 0.0);
         assert_eq!(ctx.trace_id.to_string(), TRACE);
         assert_eq!(
             ctx.parent_id.map(|p| p.to_string()).as_deref(),
@@ -454,19 +459,19 @@ mod tests {
             headers(&[("traceparent", &one), ("traceparent", &one)]),
             headers(&[("trace-parent", &one)]),
         ] {
-            let ctx = SpanContext::from_request(&h, 1.0);
+            let ctx = SpanContext::from_request(&h, Present::of(&h), 1.0);
             assert_ne!(ctx.trace_id.to_string(), TRACE);
             assert_ne!(ctx.trace_id.0, [0; 16]);
             assert_eq!(ctx.parent_id, None);
             assert!(ctx.sampled);
-            assert!(!SpanContext::from_request(&h, 0.0).sampled);
+            assert!(!SpanContext::from_request(&h, Present::of(&h), 0.0).sampled);
         }
     }
 
     #[test]
     fn new_ids_differ() {
-        let a = SpanContext::from_request(&HeaderMap::new(), 1.0);
-        let b = SpanContext::from_request(&HeaderMap::new(), 1.0);
+        let a = SpanContext::from_request(&HeaderMap::new(), Present::default(), 1.0);
+        let b = SpanContext::from_request(&HeaderMap::new(), Present::default(), 1.0);
         assert_ne!(a.trace_id, b.trace_id);
         assert_ne!(a.span_id, b.span_id);
     }
@@ -499,7 +504,7 @@ mod tests {
         let mut pairs = vec![("traceparent", tp.as_str())];
         pairs.extend(fields.iter().map(|f| ("tracestate", *f)));
         let mut h = headers(&pairs);
-        let ctx = SpanContext::from_request(&h, 1.0);
+        let ctx = SpanContext::from_request(&h, Present::of(&h), 1.0);
         propagate_into(&ctx, &mut h);
         let tp = h.get(&TRACEPARENT).unwrap().to_str().unwrap().to_owned();
         assert_eq!(tp, format!("00-{TRACE}-{}-00", ctx.span_id));
@@ -596,7 +601,7 @@ mod tests {
             ][..],
         ] {
             let mut h = headers(pairs);
-            let ctx = SpanContext::from_request(&h, 1.0);
+            let ctx = SpanContext::from_request(&h, Present::of(&h), 1.0);
             propagate_into(&ctx, &mut h);
             assert!(h.get(&TRACESTATE).is_none());
             let tp = h.get(&TRACEPARENT).unwrap().as_bytes();
@@ -610,7 +615,7 @@ mod tests {
     #[test]
     fn a_later_version_is_sent_on_as_00() {
         let mut h = headers(&[("traceparent", &format!("cc-{TRACE}-{PARENT}-03-extra"))]);
-        let ctx = SpanContext::from_request(&h, 0.0);
+        let ctx = SpanContext::from_request(&h, Present::of(&h), 0.0);
         propagate_into(&ctx, &mut h);
         let tp = h.get(&TRACEPARENT).unwrap().to_str().unwrap();
         assert_eq!(tp, format!("00-{TRACE}-{}-01", ctx.span_id));

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{ClientBody, Replayable, RequestBody, ResponseBody};
-use super::headers::{Added, drop_field, list_elements, remove_hop_by_hop, set_forwarded};
+use super::headers::{Added, Field, Present, list_elements, remove_hop_by_hop, set_forwarded};
 use super::retry::{self, RetryPolicy};
 use crate::config::{HashKey, HostHeader, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
@@ -65,15 +65,22 @@ pub async fn forward(
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
-    let stripped = remove_hop_by_hop(headers, upgrading && !h2);
+    let mut present = Present::scan(headers, &gw.request_id_header);
+    let upgrading_h1 = upgrading && !h2;
+    let stripped =
+        (upgrading_h1 || present.has_hop_by_hop()) && remove_hop_by_hop(headers, upgrading_h1);
+    if stripped {
+        // `Connection` may have named any of the fields looked for below.
+        present = Present::scan(headers, &gw.request_id_header);
+    }
     // The client's Host goes upstream as it is, unless a hop-by-hop
     // removal took it (`Connection: host`).
     let keep_host = host_is_clients && !stripped;
     // The fields the gateway sets (trace context, X-Forwarded-*, Forwarded,
     // the request id) go beside the map, the client's copies out of it.
     let mut added = Added::default();
-    ctx.trace.propagate(headers, &mut added);
-    drop_field(headers, &header::EXPECT);
+    ctx.trace.propagate(headers, present, &mut added);
+    present.remove(headers, Field::Expect, &header::EXPECT);
     set_forwarded(
         headers,
         ctx.conn.peer,
@@ -82,9 +89,10 @@ pub async fn forward(
         client_host.as_ref(),
         &gw.trusted_proxies,
         gw.forwarded_header,
+        present,
         &mut added,
     );
-    drop_field(headers, &gw.request_id_header);
+    present.remove(headers, Field::RequestId, &gw.request_id_header);
     added.request_id = Some((&gw.request_id_header, ctx.request_id.clone()));
     let pq = parts
         .uri
@@ -215,7 +223,7 @@ pub async fn forward(
     let hidden = &gw.hidden_response_headers;
     if parts.headers.keys().any(|k| hidden.contains(k)) {
         for name in hidden.iter() {
-            drop_field(&mut parts.headers, name);
+            parts.headers.remove(name);
         }
     }
     if switching {

@@ -63,16 +63,82 @@ impl Added<'_> {
 /// `Forwarded`, as a static for [`Added::iter`].
 static FORWARDED: HeaderName = header::FORWARDED;
 
-/// Up to this many fields, a look through a map's names costs less than
-/// hashing a name to find it.
-const FEW_FIELDS: usize = 8;
+/// A request field that the request path looks for: one that forwarding
+/// drops or replaces, or one that changes how a request is handled.
+#[derive(Debug, Clone, Copy)]
+pub enum Field {
+    /// A hop-by-hop field ([`remove_hop_by_hop`]) other than `Upgrade`.
+    HopByHop,
+    /// `Upgrade`, also hop-by-hop.
+    Upgrade,
+    /// `Content-Type` (a gRPC request gets gRPC errors).
+    ContentType,
+    /// `Expect`.
+    Expect,
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// `X-Forwarded-Proto`.
+    XForwardedProto,
+    /// `X-Forwarded-Host`.
+    XForwardedHost,
+    /// `Forwarded`.
+    Forwarded,
+    /// `traceparent`.
+    Traceparent,
+    /// `tracestate`.
+    Tracestate,
+    /// The request id, under its configured name.
+    RequestId,
+}
 
-/// Removes `name` from `headers`. Most messages do not have the fields the
-/// gateway drops: with a few fields, a look through their names first
-/// spares the hashing that `remove` starts with.
-pub fn drop_field(headers: &mut HeaderMap, name: &HeaderName) {
-    if headers.len() > FEW_FIELDS || headers.keys().any(|k| k == name) {
-        headers.remove(name);
+/// Which [`Field`]s a request carries, found in one pass over its names.
+/// Most requests carry none of them: a pass over their few names costs less
+/// than a look for each field, hashed or not. A scan holds until the map is
+/// changed: the pipeline scans a request as it arrives, forwarding again
+/// once the route's filters ran, and again after a hop-by-hop removal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Present(u16);
+
+// Every field has its bit.
+const _: () = assert!((Field::RequestId as u16) < u16::BITS as u16);
+
+impl Present {
+    /// The fields `headers` has; `request_id` is the request id's name.
+    pub fn scan(headers: &HeaderMap, request_id: &HeaderName) -> Self {
+        let mut bits = 0;
+        for name in headers.keys() {
+            if let Some(f) = field_of(name) {
+                bits |= 1 << f as u16;
+            }
+            if name == request_id {
+                bits |= 1 << Field::RequestId as u16;
+            }
+        }
+        Present(bits)
+    }
+
+    /// A scan with the default request id name, for tests.
+    #[cfg(test)]
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        Self::scan(headers, &HeaderName::from_static("x-request-id"))
+    }
+
+    /// Whether the request had `field` when it was scanned.
+    pub fn has(self, field: Field) -> bool {
+        self.0 & (1 << field as u16) != 0
+    }
+
+    /// Whether the request had a hop-by-hop field, `Upgrade` included.
+    pub fn has_hop_by_hop(self) -> bool {
+        self.has(Field::HopByHop) || self.has(Field::Upgrade)
+    }
+
+    /// Removes every `name` field (which is `field`'s) from `headers`, when
+    /// the scan found one.
+    pub fn remove(self, headers: &mut HeaderMap, field: Field, name: &HeaderName) {
+        if self.has(field) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -127,12 +193,26 @@ pub fn list_elements(
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+    matches!(field_of(name), Some(Field::HopByHop | Field::Upgrade))
+}
+
+/// The [`Field`] `name` is, but for the request id (whose name is configured).
+fn field_of(name: &HeaderName) -> Option<Field> {
+    Some(match name.as_str() {
+        "connection" | "te" | "transfer-encoding" | "keep-alive" | "proxy-connection" => {
+            Field::HopByHop
+        }
+        "upgrade" => Field::Upgrade,
+        "content-type" => Field::ContentType,
+        "expect" => Field::Expect,
+        "x-forwarded-for" => Field::XForwardedFor,
+        "x-forwarded-proto" => Field::XForwardedProto,
+        "x-forwarded-host" => Field::XForwardedHost,
+        "forwarded" => Field::Forwarded,
+        "traceparent" => Field::Traceparent,
+        "tracestate" => Field::Tracestate,
+        _ => return None,
+    })
 }
 
 /// Which peers may set X-Forwarded-* for us.
@@ -204,10 +284,17 @@ pub fn set_forwarded(
     host: Option<&HeaderValue>,
     trusted: &TrustedProxies,
     forwarded_header: bool,
+    present: Present,
     added: &mut Added<'_>,
 ) {
     let trust = trusted.contains(peer.ip());
-    let xff = match trust.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
+    // A trusted peer's values, joined; nobody else's are kept.
+    let trusted_values = |headers: &HeaderMap, field, name| {
+        (trust && present.has(field))
+            .then(|| joined(headers, name))
+            .flatten()
+    };
+    let xff = match trusted_values(headers, Field::XForwardedFor, &X_FORWARDED_FOR) {
         Some(mut v) => {
             v.extend_from_slice(b", ");
             v.extend_from_slice(peer_ip.as_bytes());
@@ -216,15 +303,15 @@ pub fn set_forwarded(
         None => Some(peer_ip.clone()),
     };
     if xff.is_some() {
-        drop_field(headers, &X_FORWARDED_FOR);
+        present.remove(headers, Field::XForwardedFor, &X_FORWARDED_FOR);
         added.x_forwarded_for = xff;
     }
-    if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
-        drop_field(headers, &X_FORWARDED_PROTO);
+    if !(trust && present.has(Field::XForwardedProto)) {
+        present.remove(headers, Field::XForwardedProto, &X_FORWARDED_PROTO);
         added.x_forwarded_proto = Some(HeaderValue::from_static(proto));
     }
-    if !(trust && headers.contains_key(&X_FORWARDED_HOST)) {
-        drop_field(headers, &X_FORWARDED_HOST);
+    if !(trust && present.has(Field::XForwardedHost)) {
+        present.remove(headers, Field::XForwardedHost, &X_FORWARDED_HOST);
         added.x_forwarded_host = host.cloned();
     }
     if forwarded_header {
@@ -237,7 +324,7 @@ pub fn set_forwarded(
             elem.push_str(";host=");
             push_quoted(&mut elem, h);
         }
-        let value = match trust.then(|| joined(headers, &header::FORWARDED)).flatten() {
+        let value = match trusted_values(headers, Field::Forwarded, &header::FORWARDED) {
             Some(mut v) => {
                 v.extend_from_slice(b", ");
                 v.extend_from_slice(elem.as_bytes());
@@ -246,11 +333,11 @@ pub fn set_forwarded(
             None => elem.into_bytes(),
         };
         if let Ok(v) = HeaderValue::from_bytes(&value) {
-            drop_field(headers, &header::FORWARDED);
+            present.remove(headers, Field::Forwarded, &header::FORWARDED);
             added.forwarded = Some(v);
         }
     } else if !trust {
-        drop_field(headers, &header::FORWARDED);
+        present.remove(headers, Field::Forwarded, &header::FORWARDED);
     }
 }
 
@@ -306,6 +393,51 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_finds_each_field_by_any_spelling() {
+        let fields = [
+            ("Connection", Field::HopByHop),
+            ("TE", Field::HopByHop),
+            ("Transfer-Encoding", Field::HopByHop),
+            ("Keep-Alive", Field::HopByHop),
+            ("Proxy-Connection", Field::HopByHop),
+            ("Upgrade", Field::Upgrade),
+            ("Content-Type", Field::ContentType),
+            ("Expect", Field::Expect),
+            ("X-Forwarded-For", Field::XForwardedFor),
+            ("X-Forwarded-Proto", Field::XForwardedProto),
+            ("X-Forwarded-Host", Field::XForwardedHost),
+            ("Forwarded", Field::Forwarded),
+            ("Traceparent", Field::Traceparent),
+            ("TraceState", Field::Tracestate),
+            ("X-Request-ID", Field::RequestId),
+        ];
+        let none = Present::of(&map(&[
+            ("host", "a"),
+            ("x-forwarded", "b"),
+            ("accept", "c"),
+        ]));
+        assert_eq!(none.0, 0, "{none:?}");
+        for (name, field) in fields {
+            let present = Present::of(&map(&[("host", "a"), (name, "1")]));
+            assert!(present.has(field), "{name}");
+            assert_eq!(present.0.count_ones(), 1, "{name}: {present:?}");
+            assert_eq!(
+                present.has_hop_by_hop(),
+                matches!(field, Field::HopByHop | Field::Upgrade),
+                "{name}"
+            );
+        }
+        // A request id named like a fixed field is both.
+        let h = map(&[("content-type", "x")]);
+        let present = Present::scan(&h, &header::CONTENT_TYPE);
+        assert!(present.has(Field::ContentType) && present.has(Field::RequestId));
+        // Removal takes every line of a field found, and only then.
+        let mut h = map(&[("expect", "a"), ("expect", "b"), ("accept", "c")]);
+        Present::of(&h).remove(&mut h, Field::Expect, &header::EXPECT);
+        assert!(!h.contains_key(header::EXPECT) && h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
     fn hop_by_hop_headers_go() {
         let mut h = map(&[
             ("connection", "keep-alive, x-secret"),
@@ -342,6 +474,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let mut added = Added::default();
+        let present = Present::of(&h);
+
         set_forwarded(
             &mut h,
             "1.2.3.4:5".parse().unwrap(),
@@ -350,6 +484,7 @@ mod tests {
             Some(&host),
             &trusted,
             false,
+            present,
             &mut added,
         );
         added.append_to(&mut h);
@@ -362,6 +497,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let mut added = Added::default();
+        let present = Present::of(&h);
+
         set_forwarded(
             &mut h,
             "10.1.1.1:5".parse().unwrap(),
@@ -370,6 +507,7 @@ mod tests {
             Some(&host),
             &trusted,
             true,
+            present,
             &mut added,
         );
         added.append_to(&mut h);
@@ -388,6 +526,8 @@ mod tests {
             let host = HeaderValue::from_static(host);
             let mut h = HeaderMap::new();
             let mut added = Added::default();
+            let present = Present::of(&h);
+
             set_forwarded(
                 &mut h,
                 "1.2.3.4:5".parse().unwrap(),
@@ -396,6 +536,7 @@ mod tests {
                 Some(&host),
                 &trusted,
                 true,
+                present,
                 &mut added,
             );
             added.append_to(&mut h);
@@ -425,6 +566,8 @@ mod tests {
             ("forwarded", "for=3.3.3.3;proto=https"),
         ]);
         let mut added = Added::default();
+        let present = Present::of(&h);
+
         set_forwarded(
             &mut h,
             "10.1.1.1:5".parse().unwrap(),
@@ -433,6 +576,7 @@ mod tests {
             None,
             &trusted,
             true,
+            present,
             &mut added,
         );
         added.append_to(&mut h);
@@ -462,6 +606,8 @@ mod tests {
             ("x-forwarded-for", "3.3.3.3"),
         ]);
         let mut added = Added::default();
+        let present = Present::of(&h);
+
         set_forwarded(
             &mut h,
             "5.5.5.5:5".parse().unwrap(),
@@ -470,6 +616,7 @@ mod tests {
             None,
             &trusted,
             false,
+            present,
             &mut added,
         );
         added.append_to(&mut h);

@@ -160,7 +160,16 @@ async fn serve_http<S>(
         let guard = in_flight.enter(h2);
         // hyper serves HTTP/1.x requests in order: the n-th verdict is this one's.
         let flaw = if h2 { None } else { verdicts.next_request() };
-        let handled = pipeline::handle(req.map(ClientBody::Hyper), info.clone(), gw, flaw);
+        // Boxed: hyper moves a service's future whole, several times per
+        // request (into its HTTP/1 dispatcher, into each HTTP/2 stream's
+        // task and through tokio's spawn), and the request's future is
+        // several KiB. The fast path (`h1.rs`) pins it in place instead.
+        let handled = Box::pin(pipeline::handle(
+            req.map(ClientBody::Hyper),
+            info.clone(),
+            gw,
+            flaw,
+        ));
         async move {
             let resp = handled.await?;
             Ok::<_, std::convert::Infallible>(resp.map(|b| limits::Tracked::new(b, guard)))

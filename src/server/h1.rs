@@ -31,8 +31,6 @@ use crate::http1::{self, Writer};
 use crate::pipeline::{self, ConnInfo};
 use crate::proxy::body::{ClientBody, ResponseBody};
 
-/// Most header fields in a head the fast path takes (more: hyper's).
-const MAX_FIELDS: usize = 64;
 /// Largest head the fast path takes, whatever the configured limit (larger:
 /// hyper's, which also refuses request targets over 64 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -89,7 +87,7 @@ where
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let signal = drain.clone();
     let mut drained = pin!(super::drained(drain));
-    let mut clock = http1::Deadline::default();
+    let mut clock = http1::Deadline::in_task();
     let mut heads = http1::HeadBuf::default();
     // The drain signal is watched from the first wait on: polled again only
     // once it changed, its waker (this task's) stays registered.
@@ -215,7 +213,7 @@ enum Parse {
 fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
     // Left uninitialized: httparse writes the fields it finds, and filling
     // the whole array first would cost more than the parse.
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut fields = [const { MaybeUninit::uninit() }; http1::MAX_PLAIN_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
@@ -238,12 +236,12 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parse {
     let path = req
         .path
         .map_or((0, 0), |p| (p.as_ptr() as usize - start, p.len()));
-    let mut spans = [(0, 0, 0, 0); MAX_FIELDS];
-    let count = http1::spans(buf, req.headers, &mut spans);
+    let mut spans = http1::Spans::new();
+    http1::spans(buf, req.headers, &mut spans);
     let head = buf.split_to(len).freeze();
     let parts = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .ok()
-        .zip(http1::header_map(&head, &spans[..count], ADDED_UPSTREAM).ok());
+        .zip(http1::header_map(&head, &spans, ADDED_UPSTREAM).ok());
     let Some((uri, (headers, notable))) = parts else {
         // httparse took what `http` refuses: hyper answers it.
         let mut all = BytesMut::with_capacity(head.len() + buf.len());
@@ -368,7 +366,18 @@ fn encode_response(
     close: &mut bool,
 ) -> (Bytes, Framing) {
     let status = parts.status;
-    let connection = http1::ConnectionOptions::of(&parts.headers);
+    // A response has few fields: one pass over their names tells whether
+    // it has `Connection` and `Date` for less than hashing either name.
+    let (mut has_connection, mut has_date) = (false, false);
+    for name in parts.headers.keys() {
+        has_connection |= name == header::CONNECTION;
+        has_date |= name == header::DATE;
+    }
+    let connection = if has_connection {
+        http1::ConnectionOptions::of(&parts.headers)
+    } else {
+        http1::ConnectionOptions::default()
+    };
     *close |= connection.close;
     let (length, framing) = if head_method || status == StatusCode::NOT_MODIFIED {
         // The length of the representation the GET would have sent.
@@ -401,7 +410,7 @@ fn encode_response(
         if *close && !connection.present {
             out.extend_from_slice(b"connection: close\r\n");
         }
-        if !headers.contains_key(header::DATE) {
+        if !has_date {
             out.extend_from_slice(b"date: ");
             date::with(|d| out.extend_from_slice(d));
             out.extend_from_slice(b"\r\n");

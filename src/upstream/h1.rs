@@ -322,11 +322,11 @@ impl Conn {
         };
         // Where each field lies in the head, so that values can share its
         // bytes instead of being copied.
-        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-        let count = http1::spans(&self.buf, resp.headers, &mut spans);
+        let mut spans = http1::Spans::new();
+        http1::spans(&self.buf, resp.headers, &mut spans);
         let bytes = self.buf.split_to(len).freeze();
         let (mut headers, notable) =
-            http1::header_map(&bytes, &spans[..count], ADDED_DOWNSTREAM).map_err(Error::Invalid)?;
+            http1::header_map(&bytes, &spans, ADDED_DOWNSTREAM).map_err(Error::Invalid)?;
 
         let state = self.framing(method, status, version, &mut headers, notable)?;
         let (mut parts, ()) = http::Response::new(()).into_parts();
