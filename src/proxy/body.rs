@@ -466,7 +466,13 @@ enum Kind {
 }
 
 /// A response body: made by the gateway, or streamed from an upstream.
-pub struct ResponseBody {
+/// Boxed: a response passes through several layers by value, and a small
+/// one (its head and a pointer) moves in a few registers where the body's
+/// 200 bytes inline cost a `memcpy` call at each move.
+pub struct ResponseBody(Box<Inner>);
+
+/// What a [`ResponseBody`] holds.
+struct Inner {
     kind: Kind,
     idle: IdleTimer,
     lease: Option<Lease>,
@@ -478,7 +484,7 @@ pub struct ResponseBody {
     ended: bool,
 }
 
-impl Drop for ResponseBody {
+impl Drop for Inner {
     fn drop(&mut self) {
         if let Kind::Upstream(UpstreamBody::H1(d)) = &self.kind
             && d.sending()
@@ -521,12 +527,12 @@ impl ResponseBody {
     /// An upstream's body, with its connection lease and idle timeout.
     pub fn upstream(body: UpstreamBody, lease: Option<Lease>, idle: Duration) -> Self {
         let mut b = Self::new(Kind::Upstream(body), idle);
-        b.lease = lease;
+        b.0.lease = lease;
         b
     }
 
     fn new(kind: Kind, idle: Duration) -> Self {
-        Self {
+        Self(Box::new(Inner {
             kind,
             idle: IdleTimer::new(idle),
             lease: None,
@@ -534,22 +540,22 @@ impl ResponseBody {
             recording: None,
             held: crate::ratelimit::Held::default(),
             ended: false,
-        }
+        }))
     }
 
     /// Attaches the request's record; it is logged when this body is done.
     pub fn set_exchange(&mut self, exchange: Exchange) {
-        self.exchange = exchange;
+        self.0.exchange = exchange;
     }
 
     /// Attaches the request's metrics entry; it is recorded when this body is done.
     pub fn set_recording(&mut self, recording: Recording) {
-        self.recording = Some(recording);
+        self.0.recording = Some(recording);
     }
 
     /// Keeps the request's concurrency-limit slots until this body is dropped.
     pub fn hold(&mut self, held: crate::ratelimit::Held) {
-        self.held = held;
+        self.0.held = held;
     }
 }
 
@@ -561,7 +567,7 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
+        let this = &mut *self.get_mut().0;
         match &mut this.kind {
             Kind::Full(data) => {
                 let next = data.take();
@@ -605,14 +611,14 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
+        match &self.0.kind {
             Kind::Full(d) => d.is_none(),
             Kind::Upstream(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        match &self.0.kind {
             Kind::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Upstream(b) => b.size_hint(),
         }
