@@ -42,20 +42,6 @@ const FRAMING_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
-/// Names `request_id.header` may not take besides [`FRAMING_HEADERS`]: Host,
-/// `Expect`, and the fields forwarding sets (X-Forwarded-*, Forwarded, trace
-/// context).
-const FORWARDING_HEADERS: [&str; 8] = [
-    "expect",
-    "forwarded",
-    "host",
-    "traceparent",
-    "tracestate",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-];
-
 /// Most attempts a retry policy may make.
 const MAX_ATTEMPTS: u32 = 10;
 /// Largest replay buffer: each retried request may hold this much.
@@ -162,7 +148,7 @@ impl Validator<'_> {
             // framing: a name of theirs would send two of a kind upstream.
             Ok(name)
                 if FRAMING_HEADERS.contains(&name.as_str())
-                    || FORWARDING_HEADERS.contains(&name.as_str()) =>
+                    || crate::proxy::headers::set_by_forwarding(&name) =>
             {
                 self.nowhere(format!(
                     "`request_id.header` `{}` is a field the gateway sets or removes itself; \

@@ -196,6 +196,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(field_of(name), Some(Field::HopByHop | Field::Upgrade))
 }
 
+/// Whether forwarding sets or drops the request field `name` itself: Host
+/// and every [`Field`] but `Content-Type` (so a configured name may not be one).
+pub fn set_by_forwarding(name: &HeaderName) -> bool {
+    name == header::HOST || field_of(name).is_some_and(|f| !matches!(f, Field::ContentType))
+}
+
 /// The [`Field`] `name` is, but for the request id (whose name is configured).
 fn field_of(name: &HeaderName) -> Option<Field> {
     Some(match name.as_str() {
@@ -475,7 +481,6 @@ mod tests {
         ]);
         let mut added = Added::default();
         let present = Present::of(&h);
-
         set_forwarded(
             &mut h,
             "1.2.3.4:5".parse().unwrap(),
@@ -498,7 +503,6 @@ mod tests {
         ]);
         let mut added = Added::default();
         let present = Present::of(&h);
-
         set_forwarded(
             &mut h,
             "10.1.1.1:5".parse().unwrap(),
@@ -527,7 +531,6 @@ mod tests {
             let mut h = HeaderMap::new();
             let mut added = Added::default();
             let present = Present::of(&h);
-
             set_forwarded(
                 &mut h,
                 "1.2.3.4:5".parse().unwrap(),
@@ -567,7 +570,6 @@ mod tests {
         ]);
         let mut added = Added::default();
         let present = Present::of(&h);
-
         set_forwarded(
             &mut h,
             "10.1.1.1:5".parse().unwrap(),
@@ -607,7 +609,6 @@ mod tests {
         ]);
         let mut added = Added::default();
         let present = Present::of(&h);
-
         set_forwarded(
             &mut h,
             "5.5.5.5:5".parse().unwrap(),
