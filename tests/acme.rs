@@ -82,54 +82,78 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
     std::fs::write(dir.join("wfe.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("wfe.key"), key.serialize_pem()).unwrap();
 
-    let (acme_port, mgmt_port, dns_port) = (free_port(), free_port(), free_port());
-    let config = serde_json::json!({
-        "pebble": {
-            "listenAddress": format!("127.0.0.1:{acme_port}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
-            "certificate": dir.join("wfe.pem"),
-            "privateKey": dir.join("wfe.key"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-            "certificateValidityPeriod": VALIDITY_SECS,
+    // A port picked free may be taken again before pebble or its DNS server
+    // binds it (tests run side by side), so one that exits at start is tried
+    // again on new ports; a pebble that neither listens nor exits fails with
+    // its log.
+    let mut attempts = 0;
+    let (pebble, dns, acme_port, mgmt_port) = loop {
+        attempts += 1;
+        let (acme_port, mgmt_port, dns_port) = (free_port(), free_port(), free_port());
+        let config = serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{acme_port}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+                "certificate": dir.join("wfe.pem"),
+                "privateKey": dir.join("wfe.key"),
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": VALIDITY_SECS,
+            }
+        });
+        let config_file = dir.join("pebble.json");
+        std::fs::write(&config_file, config.to_string()).unwrap();
+        let mut dns = Proc(
+            Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .args(["-management", &format!("127.0.0.1:{}", free_port())])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let log_file = dir.join("pebble.log");
+        let log = std::fs::File::create(&log_file).unwrap();
+        let mut pebble = Proc(
+            Command::new("pebble")
+                .arg("-config")
+                .arg(&config_file)
+                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exited = loop {
+            if TcpStream::connect(("127.0.0.1", acme_port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", mgmt_port)).is_ok()
+            {
+                break false;
+            }
+            if pebble.0.try_wait().unwrap().is_some() || dns.0.try_wait().unwrap().is_some() {
+                break true;
+            }
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            assert!(Instant::now() < deadline, "pebble did not start:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if !exited {
+            break (pebble, dns, acme_port, mgmt_port);
         }
-    });
-    let config_file = dir.join("pebble.json");
-    std::fs::write(&config_file, config.to_string()).unwrap();
-    let dns = Proc(
-        Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{}", free_port())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
-    let pebble = Proc(
-        Command::new("pebble")
-            .arg("-config")
-            .arg(&config_file)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", acme_port)).is_err()
-        || TcpStream::connect(("127.0.0.1", mgmt_port)).is_err()
-    {
-        assert!(Instant::now() < deadline, "pebble did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        assert!(
+            attempts < 3,
+            "pebble exited at start {attempts} times:\n{log}"
+        );
+    };
     Pebble {
         _pebble: pebble,
         _dns: dns,
