@@ -13,7 +13,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SCENARIOS=${SCENARIOS:-small50,small1,small500,64k,1m,close,h2,tls,tlsnew,h2tls}
-PROXIES=${PROXIES:-direct,nginx,haproxy,portico}
+PROXIES=${PROXIES:-direct,nginx,haproxy,portico,portico-pgo}
 ACCESS_LOG=${ACCESS_LOG:-off}          # off | json (the side run)
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}              # origin and load generator
@@ -28,17 +28,20 @@ PORTICO_PORT=${PORTICO_PORT:-19082}
 PORTICO_FULL_PORT=${PORTICO_FULL_PORT:-19083}
 PORTICO_AUTH_PORT=${PORTICO_AUTH_PORT:-19085}
 PORTICO_REDIS_PORT=${PORTICO_REDIS_PORT:-19086}
+PORTICO_PGO_PORT=${PORTICO_PGO_PORT:-19087}
 REDIS_PORT=${REDIS_PORT:-19379}
 REDIS_MODE=${REDIS_MODE:-exact}        # portico-redis's limit: exact | reconcile
 NGINX_TLS_PORT=${NGINX_TLS_PORT:-19095}
 HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-19096}
 PORTICO_TLS_PORT=${PORTICO_TLS_PORT:-19097}
 PORTICO_FULL_TLS_PORT=${PORTICO_FULL_TLS_PORT:-19098}
+PORTICO_PGO_TLS_PORT=${PORTICO_PGO_TLS_PORT:-19099}
 PORTICO_ADMIN_PORT=${PORTICO_ADMIN_PORT:-19084}
 NGINX_H2_PORT=${NGINX_H2_PORT:-19090}
 HAPROXY_H2_PORT=${HAPROXY_H2_PORT:-19091}
 PORTICO_BIN=${PORTICO_BIN:-$REPO/target/release/portico}
-BUILD=${BUILD:-1}                      # 0: don't run cargo build (use PORTICO_BIN as is)
+PORTICO_PGO_BIN=${PORTICO_PGO_BIN:-$REPO/target/pgo/portico} # scripts/build-pgo.sh's output
+BUILD=${BUILD:-1}                      # 0: don't build (use PORTICO_BIN and PORTICO_PGO_BIN as they are)
 READY_TIMEOUT=${READY_TIMEOUT:-20}     # seconds to wait for a server to answer
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-3600}
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
@@ -46,7 +49,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 RESTART=${RESTART:-run}                # run: restart the measured server before each run; never: keep it
 
 ALL_SCENARIOS="small50 small1 small500 64k 1m close h2 tls tlsnew h2tls"
-ALL_PROXIES="direct nginx haproxy portico portico-full portico-auth portico-redis"
+ALL_PROXIES="direct nginx haproxy portico portico-pgo portico-full portico-auth portico-redis"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -291,7 +294,8 @@ backend origin
 EOF
 }
 
-# portico: the bare proxy. portico-full: the same with what a production
+# portico: the bare proxy. portico-pgo: the same, run by the profile-guided
+# build (scripts/build-pgo.sh). portico-full: the same with what a production
 # gateway turns on: a JSON access log to a file, active health checks,
 # outlier detection, a retry policy, the admin API (metrics are always
 # counted) and trace context propagation.
@@ -303,6 +307,10 @@ write_portico_conf() { # name
     local name=$1 d=$T/$1 al="{ enabled: false }" port=$PORTICO_PORT tls_port=$PORTICO_TLS_PORT extra="" retry="" api=""
     mkdir -p "$d"
     [[ $ACCESS_LOG == json ]] && al="{ enabled: true, target: \"$d/access.log\" }"
+    if [[ $name == portico-pgo ]]; then
+        port=$PORTICO_PGO_PORT
+        tls_port=$PORTICO_PGO_TLS_PORT
+    fi
     if [[ $name == portico-full ]]; then
         port=$PORTICO_FULL_PORT
         tls_port=$PORTICO_FULL_TLS_PORT
@@ -357,9 +365,9 @@ EOF
 }
 
 # ------------------------------------------------------------ start/stop --
-h1_port() { case $1 in direct) echo "$ORIGIN_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; portico-auth) echo "$PORTICO_AUTH_PORT" ;; portico-redis) echo "$PORTICO_REDIS_PORT" ;; esac; }
-tls_port() { case $1 in nginx) echo "$NGINX_TLS_PORT" ;; haproxy) echo "$HAPROXY_TLS_PORT" ;; portico) echo "$PORTICO_TLS_PORT" ;; portico-full) echo "$PORTICO_FULL_TLS_PORT" ;; *) echo "" ;; esac; }
-h2_port() { case $1 in nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAPROXY_H2_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; portico-auth) echo "$PORTICO_AUTH_PORT" ;; portico-redis) echo "$PORTICO_REDIS_PORT" ;; *) echo "" ;; esac; }
+h1_port() { case $1 in direct) echo "$ORIGIN_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-pgo) echo "$PORTICO_PGO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; portico-auth) echo "$PORTICO_AUTH_PORT" ;; portico-redis) echo "$PORTICO_REDIS_PORT" ;; esac; }
+tls_port() { case $1 in nginx) echo "$NGINX_TLS_PORT" ;; haproxy) echo "$HAPROXY_TLS_PORT" ;; portico) echo "$PORTICO_TLS_PORT" ;; portico-pgo) echo "$PORTICO_PGO_TLS_PORT" ;; portico-full) echo "$PORTICO_FULL_TLS_PORT" ;; *) echo "" ;; esac; }
+h2_port() { case $1 in nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAPROXY_H2_PORT" ;; portico) echo "$PORTICO_PORT" ;; portico-pgo) echo "$PORTICO_PGO_PORT" ;; portico-full) echo "$PORTICO_FULL_PORT" ;; portico-auth) echo "$PORTICO_AUTH_PORT" ;; portico-redis) echo "$PORTICO_REDIS_PORT" ;; *) echo "" ;; esac; }
 proc_of() { [[ $1 == direct ]] && echo origin || echo "$1"; } # whose CPU/RSS a row reports
 
 start_server() { # name
@@ -383,9 +391,11 @@ start_server() { # name
         taskset -c "$LOAD_CORE" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
             --appendonly no >"$T/redis.log" 2>&1 &
         pid=$! ;;
-    portico | portico-full | portico-auth | portico-redis)
+    portico | portico-pgo | portico-full | portico-auth | portico-redis)
         write_portico_conf "$name"
-        taskset -c "$PROXY_CORE" "$PORTICO_BIN" run -c "$T/$name/portico.yaml" \
+        local bin=$PORTICO_BIN
+        [[ $name == portico-pgo ]] && bin=$PORTICO_PGO_BIN
+        taskset -c "$PROXY_CORE" "$bin" run -c "$T/$name/portico.yaml" \
             >"$T/$name/stdout.log" 2>"$T/$name/stderr.log" &
         pid=$! ;;
     esac
@@ -695,14 +705,21 @@ if want_portico; then
     if [[ $BUILD == 1 ]]; then
         log "cargo build --release (portico)"
         (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release) || die "cargo build --release failed"
+        if want portico-pgo; then
+            log "scripts/build-pgo.sh (portico-pgo)"
+            PGO_DIR=$(dirname "$PORTICO_PGO_BIN") timeout "$BUILD_TIMEOUT" "$REPO/scripts/build-pgo.sh" ||
+                die "scripts/build-pgo.sh failed"
+        fi
     fi
     [[ -x $PORTICO_BIN ]] || die "portico binary not found: $PORTICO_BIN"
+    want portico-pgo && { [[ -x $PORTICO_PGO_BIN ]] || die "portico-pgo binary not found: $PORTICO_PGO_BIN (scripts/build-pgo.sh)"; }
 fi
 
 ports=("$ORIGIN_PORT")
 want nginx && ports+=("$NGINX_PORT" "$NGINX_H2_PORT" "$NGINX_TLS_PORT")
 want haproxy && ports+=("$HAPROXY_PORT" "$HAPROXY_H2_PORT" "$HAPROXY_TLS_PORT")
 want portico && ports+=("$PORTICO_PORT" "$PORTICO_TLS_PORT")
+want portico-pgo && ports+=("$PORTICO_PGO_PORT" "$PORTICO_PGO_TLS_PORT")
 want portico-full && ports+=("$PORTICO_FULL_PORT" "$PORTICO_ADMIN_PORT" "$PORTICO_FULL_TLS_PORT")
 want portico-auth && ports+=("$PORTICO_AUTH_PORT")
 want portico-redis && ports+=("$PORTICO_REDIS_PORT" "$REDIS_PORT")
