@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What one proxied small request costs in code, for Portico or NGINX:
-# instructions, instruction-cache misses (a 64 KiB, 8-way L1i simulated by
-# callgrind) and the hot-code footprint (distinct 64-byte lines of code run at
+# instructions, instruction-cache misses (callgrind simulating this
+# machine's L1 caches, from /sys; 32 KiB 8-way if unknown) and the hot-code footprint (distinct 64-byte lines of code run at
 # least once every other request). Deterministic, unlike wall-clock figures.
 # See docs/performance.md, "Where the time goes: the instruction cache".
 #
@@ -19,9 +19,23 @@ BIN=${2:-$HERE/../target/release/portico}
 SECONDS_LOADED=${ICACHE_SECONDS:-8}
 ORIGIN_PORT=${ORIGIN_PORT:-19000}
 PORT=${ICACHE_PORT:-19089}
+[[ $WHO != portico || -x $BIN ]] || { echo "icache.sh: no binary $BIN" >&2; exit 1; }
+# This core's L1 instruction and data caches as size,ways,line for valgrind.
+l1() { # Instruction | Data
+    local d
+    for d in /sys/devices/system/cpu/cpu0/cache/index*; do
+        if [[ $(cat "$d/level" 2>/dev/null) == 1 && $(cat "$d/type" 2>/dev/null) == "$1" ]]; then
+            echo "$(($(sed 's/K$//' "$d/size") * 1024)),$(cat "$d/ways_of_associativity"),$(cat "$d/coherency_line_size")"
+            return
+        fi
+    done
+    echo 32768,8,64
+}
+I1=$(l1 Instruction)
+D1=$(l1 Data)
 
-for tool in valgrind wrk gcc; do
-    command -v "$tool" >/dev/null || { echo "icache.sh: needs $tool (apt-get install valgrind wrk gcc)" >&2; exit 1; }
+for tool in valgrind wrk gcc curl $([[ $WHO == nginx ]] && echo nginx); do
+    command -v "$tool" >/dev/null || { echo "icache.sh: needs $tool (apt-get install valgrind wrk gcc curl nginx)" >&2; exit 1; }
 done
 T=$(mktemp -d /tmp/portico-icache.XXXXXX)
 cleanup() { pkill -P $$ 2>/dev/null || true; sleep 0.5; rm -rf "$T"; }
@@ -63,23 +77,25 @@ EOF
 *) echo "icache.sh: portico or nginx, not '$WHO'" >&2; exit 1 ;;
 esac
 
-taskset -c 0 valgrind --tool=callgrind --cache-sim=yes --I1=65536,8,64 --D1=65536,8,64 \
+taskset -c 0 valgrind --tool=callgrind --cache-sim=yes --I1="$I1" --D1="$D1" \
     --dump-instr=yes --compress-pos=no --compress-strings=no \
     --callgrind-out-file="$T/out" "${cmd[@]}" 2>"$T/valgrind.log" &
 vg=$!
 for ((i = 0; i < 300; i++)); do
     curl -s -o /dev/null "http://127.0.0.1:$PORT/small" && break
+    ((i < 299)) || { echo "icache.sh: the server did not answer" >&2; cat "$T/valgrind.log" >&2; exit 1; }
     sleep 0.1
 done
 taskset -c 1 wrk -t1 -c50 -d"${SECONDS_LOADED}s" "http://127.0.0.1:$PORT/small" >"$T/wrk"
-kill -INT "$vg"
+kill -TERM "$vg"
+for ((i = 0; i < 300; i++)); do kill -0 "$vg" 2>/dev/null || break; sleep 0.1; done
 wait "$vg" 2>/dev/null || true
 requests=$(awk '/requests in/ {print $1}' "$T/wrk")
 [[ -s $T/out && ${requests:-0} -gt 0 ]] || { echo "icache.sh: no profile or no requests" >&2; cat "$T/valgrind.log" >&2; exit 1; }
 
-# Per-instruction lines are "0xADDR LINE Ir I1mr ..."; the line after
+# Per-instruction lines are "0xADDR LINE Ir Dr Dw I1mr ..."; the line after
 # "calls=" is a call's inclusive cost, not an instruction of this function.
-awk -v req="$requests" -v who="$WHO" '
+awk -v req="$requests" -v who="$WHO" -v l1i="$I1" '
     /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i - 1 }
     /^summary:/ { ir = $(col["Ir"] + 1); i1 = $(col["I1mr"] + 1) }
     /^ob=/ { ob = substr($0, 4) }
@@ -99,6 +115,6 @@ awk -v req="$requests" -v who="$WHO" '
             line[p[1] SUBSEP substr(a, 1, length(a) - 2) SUBSEP int(d / 4)] = 1
         }
         for (l in line) hot++
-        printf "%s: %d requests; per request: %.0f instructions, %.0f L1i misses (64 KiB); hot code %d lines = %.0f KiB\n",
-            who, req, ir / req, i1 / req, hot, hot * 64 / 1024
+        printf "%s: %d requests; per request: %.0f instructions, %.0f L1i misses (%s); hot code %d lines = %.0f KiB\n",
+            who, req, ir / req, i1 / req, l1i, hot, hot * 64 / 1024
     }' "$T/out"

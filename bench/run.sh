@@ -582,7 +582,7 @@ run_one() { # round scenario peer
         return 0
     fi
     local f # access logs grow fast: keep only the current run's
-    for f in "$T/nginx/access.log" "$T/haproxy/access.log" "$T/portico/access.log" "$T/portico-full/access.log"; do
+    for f in "$T"/*/access.log; do
         if [[ -f $f ]]; then : >"$f"; fi
     done
     if ((WARMUP > 0)); then load_run "$s" "$port" "$WARMUP" "$T/warmup.out" >/dev/null || true; fi
@@ -707,7 +707,7 @@ if want_portico; then
         (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release) || die "cargo build --release failed"
         if want portico-pgo; then
             log "scripts/build-pgo.sh (portico-pgo)"
-            PGO_DIR=$(dirname "$PORTICO_PGO_BIN") timeout "$BUILD_TIMEOUT" "$REPO/scripts/build-pgo.sh" ||
+            PGO_OUT=$PORTICO_PGO_BIN timeout "$BUILD_TIMEOUT" "$REPO/scripts/build-pgo.sh" ||
                 die "scripts/build-pgo.sh failed"
         fi
     fi

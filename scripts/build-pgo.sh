@@ -12,15 +12,21 @@
 #      matches rustc's LLVM) and the release build is made again with them
 #      (-Cprofile-use): hot code together, cold code out of its way.
 #
-# Needs what bench/run.sh needs (it installs nginx, wrk and h2load where
-# missing) and rustup's llvm-tools component (added here when missing).
-# Environment: PGO_FEATURES (cargo features, comma-separated), PGO_DIR
-# (default target/pgo), PGO_DURATION (seconds per training run, default 3).
+# Needs what bench/run.sh needs (it installs nginx, haproxy, wrk and h2load
+# where missing) and rustup's llvm-tools component (added here when missing).
+# Environment: PGO_FEATURES (cargo features, comma-separated), PGO_DIR (the
+# work folder, default target/pgo), PGO_OUT (the binary, default
+# PGO_DIR/portico), PGO_DURATION (seconds per training run, default 3).
+# The training run's other settings are fixed here, whatever the caller's
+# environment says.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 OUT=${PGO_DIR:-$REPO/target/pgo}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+BIN_OUT=${PGO_OUT:-$OUT/portico}
 DURATION=${PGO_DURATION:-3}
 FEATURES=${PGO_FEATURES:-}
 
@@ -49,15 +55,18 @@ log "instrumented release build"
 build "$OUT/gen" "-Cprofile-generate=$OUT/profiles"
 
 log "training run (bench/run.sh, one round of ${DURATION}s per scenario)"
-LLVM_PROFILE_FILE="$OUT/profiles/portico-%p.profraw" \
+env -u WRK_THREADS -u H2_CONNS -u H2_STREAMS -u UPSTREAM_POOL \
+    LLVM_PROFILE_FILE="$OUT/profiles/portico-%p.profraw" \
     PORTICO_BIN="$OUT/gen/$HOST/release/portico" BUILD=0 ROUNDS=1 WARMUP=0 \
     DURATION="$DURATION" PROXIES=portico,portico-full,portico-auth \
-    RESULTS_DIR="$OUT/training" "$REPO/bench/run.sh" >/dev/null ||
+    SCENARIOS=small50,small1,small500,64k,1m,close,h2,tls,tlsnew,h2tls \
+    ACCESS_LOG=off RESTART=run RESULTS_DIR="$OUT/training" "$REPO/bench/run.sh" >/dev/null ||
     die "the training run failed"
 compgen -G "$OUT/profiles/*.profraw" >/dev/null || die "the training run wrote no profile"
 "$PROFDATA" merge -o "$OUT/portico.profdata" "$OUT"/profiles/*.profraw
 
 log "release build with the profile"
 build "$OUT/use" "-Cprofile-use=$OUT/portico.profdata"
-cp "$OUT/use/$HOST/release/portico" "$OUT/portico"
-log "built $OUT/portico"
+mkdir -p "$(dirname "$BIN_OUT")"
+cp "$OUT/use/$HOST/release/portico" "$BIN_OUT"
+log "built $BIN_OUT"
