@@ -304,16 +304,12 @@ EOF
 # the cost of deciding is what is measured). portico-redis: the same limit in
 # Redis, one atomic script per request.
 write_portico_conf() { # name
-    local name=$1 d=$T/$1 al="{ enabled: false }" port=$PORTICO_PORT tls_port=$PORTICO_TLS_PORT extra="" retry="" api=""
+    local name=$1 d=$T/$1 al="{ enabled: false }" port tls_port extra="" retry="" api=""
+    port=$(h1_port "$name")
+    tls_port=$(tls_port "$name")
     mkdir -p "$d"
     [[ $ACCESS_LOG == json ]] && al="{ enabled: true, target: \"$d/access.log\" }"
-    if [[ $name == portico-pgo ]]; then
-        port=$PORTICO_PGO_PORT
-        tls_port=$PORTICO_PGO_TLS_PORT
-    fi
     if [[ $name == portico-full ]]; then
-        port=$PORTICO_FULL_PORT
-        tls_port=$PORTICO_FULL_TLS_PORT
         al="{ enabled: true, target: \"$d/access.log\" }"
         extra="    health_check: { type: http, path: /small, interval: 1s }
     outlier_detection: { consecutive_5xx: 5 }"
@@ -321,12 +317,9 @@ write_portico_conf() { # name
     fi
     if [[ $name == portico-auth || $name == portico-redis ]]; then
         local store=local
-        port=$PORTICO_AUTH_PORT
-        tls_port=$((PORTICO_AUTH_PORT + 100))
+        tls_port=$((port + 100))
         if [[ $name == portico-redis ]]; then
             store=redis
-            port=$PORTICO_REDIS_PORT
-            tls_port=$((PORTICO_REDIS_PORT + 100))
             printf 'redis: { urls: ["redis://127.0.0.1:%s"] }\n' "$REDIS_PORT" >"$d/redis.yaml"
         fi
         retry="    auth: { providers: [keys] }

@@ -119,6 +119,7 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
         );
         let log_file = dir.join("pebble.log");
         let log = std::fs::File::create(&log_file).unwrap();
+        let logged = || std::fs::read_to_string(&log_file).unwrap_or_default();
         let mut pebble = Proc(
             Command::new("pebble")
                 .arg("-config")
@@ -142,17 +143,20 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
             if pebble.0.try_wait().unwrap().is_some() {
                 break true;
             }
-            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-            assert!(Instant::now() < deadline, "pebble did not start:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "pebble did not start:\n{}",
+                logged()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         if !exited {
             break (pebble, dns, acme_port, mgmt_port);
         }
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
         assert!(
             attempts < 3,
-            "pebble exited at start {attempts} times:\n{log}"
+            "pebble exited at start {attempts} times:\n{}",
+            logged()
         );
     };
     Pebble {
