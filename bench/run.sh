@@ -636,6 +636,7 @@ report() {
         if ($11 != "ok") { bad[key]++; why[key] = $11; next }
         n = ++cnt[key]
         rps[key, n] = $4; p50[key, n] = $5; p99[key, n] = $6
+        rr[key, $1] = $4; pr[key, $1] = $6; if ($1 > rounds) rounds = $1
         rpc[key, n] = ($8 > 0) ? $7 / $8 : -1
         if ($9 > rss[key]) rss[key] = $9
         no++; ot[no] = $12 + 0; if ($12 + 0 > omax) omax = $12 + 0
@@ -651,8 +652,8 @@ report() {
         for (si = 1; si <= ns; si++) {
             s = S[si]
             printf "\n### %s\n\n`%s`\n\n", desc[s], cmd[s]
-            print "| peer | req/s median (min–max) | p50 | p99 | req per CPU-s | peak RSS | vs NGINX | errors |"
-            print "|---|---|---|---|---|---|---|---|"
+            print "| peer | req/s median (min–max) | p50 | p99 | req per CPU-s | peak RSS | vs NGINX | paired req/s | paired p99 | errors |"
+            print "|---|---|---|---|---|---|---|---|---|---|"
             base = ""
             kn = s SUBSEP "nginx"
             if (cnt[kn] > 0) { for (i = 1; i <= cnt[kn]; i++) t[i] = rps[kn, i]; base = median(t, cnt[kn]) }
@@ -662,7 +663,7 @@ report() {
                 if ((s == "h2" || s == "tls" || s == "tlsnew" || s == "h2tls") && p == "direct") continue
                 n = cnt[key] + 0
                 if (n == 0) {
-                    printf "| %s | – (%s) | | | | | | |\n", p, (key in why) ? why[key] : "not run"
+                    printf "| %s | – (%s) | | | | | | | | |\n", p, (key in why) ? why[key] : "not run"
                     continue
                 }
                 delete a; for (i = 1; i <= n; i++) a[i] = rps[key, i]
@@ -672,13 +673,24 @@ report() {
                 delete e; m = 0; for (i = 1; i <= n; i++) if (rpc[key, i] >= 0) e[++m] = rpc[key, i]
                 mrpc = (m > 0) ? k(median(e, m)) : "–"
                 ratio = (base != "" && base > 0) ? sprintf("%.2f×", med / base) : "–"
+                # Paired: the ratio to NGINX within each round both ran in,
+                # which cancels the drift of the machine between rounds.
+                delete q; delete w; m = 0; lower = 0
+                for (r = 1; r <= rounds; r++)
+                    if ((key, r) in rr && (kn, r) in rr && rr[kn, r] > 0 && pr[kn, r] > 0) {
+                        m++; q[m] = rr[key, r] / rr[kn, r]; w[m] = pr[key, r] / pr[kn, r]
+                        if (pr[key, r] <= pr[kn, r]) lower++
+                    }
+                paired = (m > 0 && p != "nginx") ? sprintf("%.2f×", median(q, m)) : "–"
+                pairedp99 = (m > 0 && p != "nginx") ? sprintf("%.2f× (≤ in %d/%d)", median(w, m), lower, m) : "–"
                 note = (bad[key] > 0) ? sprintf(" (%d runs %s)", bad[key], why[key]) : ""
-                printf "| %s%s | %s (%s–%s) | %s | %s | %s | %.1f MiB | %s | %d%s |\n", \
-                    p, (p == "direct" ? "¹" : ""), k(med), k(mn), k(mx), fms(m50), fms(m99), mrpc, rss[key] / 1024, ratio, err[key], note
+                printf "| %s%s | %s (%s–%s) | %s | %s | %s | %.1f MiB | %s | %s | %s | %d%s |\n", \
+                    p, (p == "direct" ? "¹" : ""), k(med), k(mn), k(mx), fms(m50), fms(m99), mrpc, rss[key] / 1024, ratio, paired, pairedp99, err[key], note
                 if (s in body) tp = tp sprintf("%s%s %.2f GB/s", (tp == "" ? "" : ", "), p, med * body[s] / 1e9)
             }
             if (tp != "") printf "\nBody throughput (median): %s.\n", tp
         }
+        printf "\nvs NGINX: the ratio of the medians. Paired: the median over rounds of the ratio to NGINX in the same round, and in how many rounds the p99 was NGINX'"'"'s or lower.\n"
         printf "\n¹ direct: the origin itself (on the load core); its CPU and RSS are the origin'"'"'s.\n"
         if (no > 0) printf "\nOther processes'"'"' share of the proxy core during the runs: median %d%%, max %d%% (above a few %% the run was disturbed).\n", median(ot, no), omax
     }' "$RAW"
