@@ -676,13 +676,13 @@ report() {
                 # Paired: the ratio to NGINX within each round both ran in,
                 # which cancels the drift of the machine between rounds.
                 delete q; delete w; m = 0; lower = 0
-                for (r = 1; r <= rounds; r++)
+                for (r = 1; p != "nginx" && r <= rounds; r++)
                     if ((key, r) in rr && (kn, r) in rr && rr[kn, r] > 0 && pr[kn, r] > 0) {
                         m++; q[m] = rr[key, r] / rr[kn, r]; w[m] = pr[key, r] / pr[kn, r]
                         if (pr[key, r] <= pr[kn, r]) lower++
                     }
-                paired = (m > 0 && p != "nginx") ? sprintf("%.2f×", median(q, m)) : "–"
-                pairedp99 = (m > 0 && p != "nginx") ? sprintf("%.2f× (≤ in %d/%d)", median(w, m), lower, m) : "–"
+                paired = "–"; pairedp99 = "–"
+                if (m > 0) { paired = sprintf("%.2f×", median(q, m)); pairedp99 = sprintf("%.2f× (≤ in %d/%d)", median(w, m), lower, m) }
                 note = (bad[key] > 0) ? sprintf(" (%d runs %s)", bad[key], why[key]) : ""
                 printf "| %s%s | %s (%s–%s) | %s | %s | %s | %.1f MiB | %s | %s | %s | %d%s |\n", \
                     p, (p == "direct" ? "¹" : ""), k(med), k(mn), k(mx), fms(m50), fms(m99), mrpc, rss[key] / 1024, ratio, paired, pairedp99, err[key], note
